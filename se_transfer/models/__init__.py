@@ -1,0 +1,36 @@
+"""SE-ResNet / SE-ResNeXt / SENet-154 and their baselines: ``create_model``, ``list_models``, weight loading."""
+
+from .factory import BASELINES, MODEL_REGISTRY, create_model, list_models, model_defaults
+from .resnet import STAGE_NAMES, BasicBlock, Bottleneck, ResNet, ShapeSpec, convert_frozen_batchnorm
+from .se import SEModule
+from .weights import (
+    CAFFE_BGR,
+    IMAGENET_RGB,
+    WeightsError,
+    normalize_input,
+    read_checkpoint,
+    save_detectron2,
+    save_weights,
+)
+
+__all__ = [
+    "BASELINES",
+    "CAFFE_BGR",
+    "IMAGENET_RGB",
+    "MODEL_REGISTRY",
+    "STAGE_NAMES",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "SEModule",
+    "ShapeSpec",
+    "WeightsError",
+    "convert_frozen_batchnorm",
+    "create_model",
+    "list_models",
+    "model_defaults",
+    "normalize_input",
+    "read_checkpoint",
+    "save_detectron2",
+    "save_weights",
+]

@@ -1,0 +1,80 @@
+"""The Squeeze-and-Excitation block (Hu et al., CVPR 2018, section 3) and the paper's ablation options."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SQUEEZE_TYPES = ("avg", "max")
+GATE_TYPES = ("sigmoid", "tanh", "relu")
+
+
+def se_hidden_channels(channels: int, reduction: int) -> int:
+    """Width of the bottleneck FC of an SE block: C // r, at least 1 (as in the official models)."""
+    if reduction < 1:
+        raise ValueError(f"SE reduction ratio must be >= 1, got {reduction}")
+    return max(1, channels // reduction)
+
+
+class SEModule(nn.Module):
+    """Squeeze (global pooling) -> FC -> ReLU -> FC -> gate, then rescale the input channel-wise.
+
+    The FC layers are 1x1 convolutions, so the parameters have the shapes of the official release
+    (``fc1.weight``: C/r x C x 1 x 1, ``fc2.weight``: C x C/r x 1 x 1).
+
+    Args:
+        channels: number of channels C of the input U.
+        reduction: reduction ratio r (paper default 16); ignored when ``hidden_channels`` is given.
+        hidden_channels: explicit width of the bottleneck FC (overrides ``reduction``).
+        squeeze: 'avg' (paper) or 'max' (ablation, section 6.2).
+        gate: 'sigmoid' (paper), 'tanh' or 'relu' (ablation, section 6.3).
+        bias: whether the FC layers have biases (the released models do; the paper's ResNet ablations do not).
+        no_squeeze: the NoSqueeze ablation (section 7.1): no pooling, the two 1x1 convolutions act on every
+            position, so the gate varies over space.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 16,
+        hidden_channels: int | None = None,
+        squeeze: str = "avg",
+        gate: str = "sigmoid",
+        bias: bool = True,
+        no_squeeze: bool = False,
+    ) -> None:
+        super().__init__()
+        if squeeze not in SQUEEZE_TYPES:
+            raise ValueError(f"SE squeeze must be one of {SQUEEZE_TYPES}, got {squeeze!r}")
+        if gate not in GATE_TYPES:
+            raise ValueError(f"SE gate must be one of {GATE_TYPES}, got {gate!r}")
+        hidden = hidden_channels if hidden_channels is not None else se_hidden_channels(channels, reduction)
+        self.channels = channels
+        self.squeeze = squeeze
+        self.gate_type = gate
+        self.no_squeeze = no_squeeze
+        self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1, bias=bias)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=bias)
+
+    def excitation(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the gate s (N x C x 1 x 1, or N x C x H x W for NoSqueeze) for the input U."""
+        if self.no_squeeze:
+            z = x
+        elif self.squeeze == "avg":
+            z = x.mean((2, 3), keepdim=True)
+        else:
+            z = x.amax((2, 3), keepdim=True)
+        s = self.fc2(self.relu(self.fc1(z)))
+        if self.gate_type == "sigmoid":
+            return torch.sigmoid(s)
+        if self.gate_type == "tanh":
+            return torch.tanh(s)
+        return torch.relu(s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rescale x channel-wise by its excitation."""
+        return x * self.excitation(x)
+
+    def extra_repr(self) -> str:
+        return f"squeeze={'none' if self.no_squeeze else self.squeeze}, gate={self.gate_type}"

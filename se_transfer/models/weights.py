@@ -1,0 +1,489 @@
+"""Pretrained weights from local files in every public layout: read, recognise, map, check, load, save.
+
+Layouts recognised (by their keys, nothing to declare):
+- ``cadene``: Cadene's pretrainedmodels ``se_resnet*``/``se_resnext*``/``senet154`` and timm's ``legacy_*`` models, the
+  official Caffe weights converted (``layer0.conv1``, ``layer1.0.se_module.fc1``, ``last_linear``). Caffe flavour:
+  stride in the first 1x1 of SE-ResNet bottlenecks, ceil-mode stem pool without padding.
+- ``torchvision``: torchvision's ``resnet*``/``resnext*`` and timm's ``resnet*``/``resnext*``/``seresnet*``/
+  ``seresnext*`` (``conv1``, ``layer1.0.se.fc1``, ``fc``). Flavour: stride in the 3x3, stem pool with padding 1.
+- ``se_transfer``: our own files (``save_weights``), which carry the architecture and input normalisation.
+Files are ``.pth``/``.pt``/``.bin`` (read with ``torch.load(weights_only=True)``) or ``.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .factory import BASELINES, RESNET_DEFAULTS, RUNTIME_ARGS, build_model, list_models, model_defaults
+from .resnet import ResNet
+from .se import se_hidden_channels
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "se_transfer"
+FORMAT_VERSION = 1
+
+# Input normalisation a weight file implies. Images are given to ``normalize_input`` as RGB in [0, 1].
+IMAGENET_RGB = {
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "channel_order": "RGB",
+    "pixel_range": 1.0,
+}
+# The original Caffe models: BGR pixels in 0..255 minus the per-channel mean (in B, G, R order), no scaling.
+CAFFE_BGR = {
+    "mean": [104.0, 117.0, 123.0],
+    "std": [1.0, 1.0, 1.0],
+    "channel_order": "BGR",
+    "pixel_range": 255.0,
+}
+LAYOUT_INPUT_NORM = {"cadene": IMAGENET_RGB, "torchvision": IMAGENET_RGB}
+
+# Arguments that fix the network's shape: a checkpoint and the requested model must agree on them.
+STRUCTURE_KEYS = (
+    "block",
+    "layers",
+    "groups",
+    "width_per_group",
+    "reduce_first",
+    "stem_type",
+    "stem_width",
+    "downsample_kernel",
+    "se_stages",
+)
+
+
+class WeightsError(ValueError):
+    """A weight file that cannot be read, recognised or loaded into the requested model."""
+
+
+def _fail(path: Path | str, msg: str) -> WeightsError:
+    return WeightsError(f"{path}: {msg}")
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Read a weight file and return (state dict of tensors, our metadata or None). Never unpickles objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    meta = None
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        try:
+            obj: Any = load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise _fail(path, f"not a readable safetensors file ({e})") from e
+        if FORMAT_NAME in header:
+            meta = json.loads(header[FORMAT_NAME])
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise _fail(
+                path,
+                "cannot be loaded with torch.load(weights_only=True): it is not a checkpoint, or it pickles objects "
+                f"other than tensors and plain containers ({str(e).splitlines()[0]})",
+            ) from e
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            raise _fail(path, f"not a PyTorch checkpoint ({str(e).splitlines()[0]})") from e
+        if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
+            meta = {k: v for k, v in obj.items() if k != "model"}
+    state = _unwrap_state_dict(obj, path)
+    return state, meta
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Find the model state dict in a checkpoint: plain, or under 'model' / 'state_dict' (training checkpoints)."""
+    if not isinstance(obj, Mapping):
+        raise _fail(path, f"expected a dict of tensors, found {type(obj).__name__}")
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = dict(obj)
+    else:
+        for key in ("model", "state_dict", "model_state", "module"):
+            if isinstance(obj.get(key), Mapping):
+                return _unwrap_state_dict(obj[key], path)
+        raise _fail(
+            path,
+            "no state dict found: expected a dict of tensors or one under 'model' / 'state_dict'; "
+            f"top-level keys: {list(obj)[:10]}",
+        )
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+# -------------------------------------------------------------------------------------- layouts and key mapping
+
+
+def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
+    """Name the layout of a state dict: 'cadene', 'torchvision' (also timm) or 'se_transfer'."""
+    if "layer0.conv1.weight" in state:
+        return "cadene"
+    if "stem.conv1.weight" in state and "layer1.0.conv1.weight" in state:
+        return FORMAT_NAME
+    if "conv1.weight" in state and "layer1.0.conv1.weight" in state:
+        return "torchvision"
+    if "conv1.0.weight" in state:
+        raise WeightsError(
+            "this looks like a timm ResNet-C/D variant (deep stem 'conv1.0'), which is not an SENet-family layout"
+        )
+    if "res2.0.conv1.weight" in state or "stem.conv1.norm.weight" in state:
+        raise WeightsError("this looks like a detectron2 checkpoint; reading detectron2 weights back is not supported")
+    raise WeightsError(
+        "unrecognised weight layout: expected Cadene/timm-legacy ('layer0.conv1.weight'), torchvision/timm "
+        f"('conv1.weight') or se_transfer ('stem.conv1.weight') keys; first keys: {list(state)[:8]}"
+    )
+
+
+_CADENE_RULES = [
+    (re.compile(r"^layer0\."), "stem."),
+    (re.compile(r"\.se_module\."), ".se."),
+    (re.compile(r"^last_linear\."), "fc."),
+]
+_TORCHVISION_RULES = [
+    (re.compile(r"^(conv1|bn1)\."), r"stem.\1."),
+]
+
+
+def map_keys(state: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """Rename the keys of a state dict of ``layout`` to ours."""
+    rules = {"cadene": _CADENE_RULES, "torchvision": _TORCHVISION_RULES, FORMAT_NAME: []}[layout]
+    out = OrderedDict()
+    for key, value in state.items():
+        for pattern, repl in rules:
+            key = pattern.sub(repl, key)
+        out[key] = value
+    return out
+
+
+def _layout_flavour(layout: str, arch: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture options a layout implies beyond its tensor shapes."""
+    if layout == "cadene":
+        return {
+            # SEResNetBottleneck strides its 1x1; SEResNeXtBottleneck and SEBottleneck (SENet-154) their 3x3.
+            "stride_in_1x1": arch["block"] == "bottleneck" and arch["groups"] == 1,
+            "stem_pool": "caffe",
+            # timm's legacy SEResNetBlock has a ReLU after bn2.
+            "basic_relu_before_se": arch["block"] == "basic",
+        }
+    return {"stride_in_1x1": False, "stem_pool": "pytorch"}
+
+
+def infer_architecture(state: Mapping[str, torch.Tensor], path: str | os.PathLike = "") -> dict[str, Any]:
+    """Read the structure (block type, depths, groups, widths, stem, SE stages and widths) off a mapped state dict."""
+
+    def shape(key: str) -> torch.Size:
+        if key not in state:
+            raise _fail(path, f"tensor {key!r} is missing; cannot tell the architecture")
+        return state[key].shape
+
+    arch: dict[str, Any] = {}
+    arch["block"] = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
+    layers = []
+    for stage in range(1, 5):
+        idx = {int(m.group(1)) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        if not idx:
+            raise _fail(path, f"no tensors for stage layer{stage} (res{stage + 1})")
+        layers.append(max(idx) + 1)
+    arch["layers"] = layers
+    arch["stem_type"] = "deep" if "stem.conv2.weight" in state else "7x7"
+    arch["stem_width"] = shape("stem.conv3.weight" if arch["stem_type"] == "deep" else "stem.conv1.weight")[0]
+    if arch["block"] == "bottleneck":
+        first_width, per_group = shape("layer1.0.conv1.weight")[0], shape("layer1.0.conv2.weight")[1]
+        width = shape("layer1.0.conv2.weight")[0]
+        groups = first_width // per_group
+        arch.update(groups=groups, width_per_group=width // groups, reduce_first=width // first_width)
+    else:
+        arch.update(groups=1, width_per_group=64, reduce_first=1)
+    ds = "layer2.0.downsample.0.weight"
+    arch["downsample_kernel"] = state[ds].shape[-1] if ds in state else 1
+    se_stages, se_channels = [], []
+    for stage in range(1, 5):
+        key = f"layer{stage}.0.se.fc1.weight"
+        if key in state:
+            se_stages.append(stage + 1)
+            se_channels.append(state[key].shape[0])
+        else:
+            se_channels.append(None)
+    arch["se_stages"] = se_stages
+    arch["se_channels"] = se_channels
+    arch["se_bias"] = any(k.endswith(".se.fc1.bias") for k in state) or not se_stages
+    return arch
+
+
+def _structure(arch: Mapping[str, Any]) -> dict[str, Any]:
+    """The structure keys of ``arch`` (filled with ResNet's defaults), as comparable values."""
+    out = {}
+    for k in STRUCTURE_KEYS:
+        v = arch.get(k, RESNET_DEFAULTS[k])
+        out[k] = tuple(sorted(v)) if k == "se_stages" else tuple(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def _describe(arch: Mapping[str, Any]) -> str:
+    a = _structure(arch)
+    se = f"SE in stages {list(a['se_stages'])}" if a["se_stages"] else "no SE"
+    return (
+        f"{a['block']} blocks {list(a['layers'])}, groups {a['groups']}, width/group {a['width_per_group']}, "
+        f"{a['stem_type']} stem, {se}"
+    )
+
+
+def _same_structure(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return _structure(a) == _structure(b)
+
+
+def guess_model_name(arch: Mapping[str, Any]) -> str | None:
+    """The registered model whose default structure equals ``arch``, if any."""
+    for name in list_models():
+        if _same_structure(model_defaults(name), arch):
+            return name
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class CheckpointInfo:
+    """A weight file read and recognised: mapped tensors, layout, structure, flavour, input normalisation."""
+
+    path: str
+    state: dict[str, torch.Tensor]
+    layout: str
+    arch: dict[str, Any]
+    flavour: dict[str, Any]
+    input_norm: dict[str, Any]
+    num_classes: int
+
+    @property
+    def model_name(self) -> str | None:
+        """The registered model with this structure, if any."""
+        return guess_model_name(self.arch)
+
+
+def inspect_weights(path: str | os.PathLike) -> CheckpointInfo:
+    """Read a weight file, recognise its layout, map its keys to ours and read its structure and flavour."""
+    state, meta = read_checkpoint(path)
+    if meta is not None:
+        layout = FORMAT_NAME
+        saved = dict(meta.get("arch_kwargs") or {})
+        arch = {k: saved[k] for k in STRUCTURE_KEYS if k in saved}
+        flavour = {k: v for k, v in saved.items() if k not in STRUCTURE_KEYS}
+        input_norm = dict(meta.get("input_norm") or IMAGENET_RGB)
+    else:
+        try:
+            layout = detect_layout(state)
+        except WeightsError as e:
+            raise _fail(path, str(e)) from None
+        state = map_keys(state, layout)
+        arch = infer_architecture(state, path)
+        flavour = _layout_flavour(layout, arch)
+        if not arch["se_bias"]:
+            flavour["se_bias"] = False
+        if arch["se_stages"]:
+            # Keep the checkpoint's SE widths where they differ from C // 16 (timm rounds them to multiples of 8).
+            expansion = 4 if arch["block"] == "bottleneck" else 1
+            default_hidden = [se_hidden_channels(64 * 2**i * expansion, 16) for i in range(4)]
+            if any(h is not None and h != d for h, d in zip(arch["se_channels"], default_hidden)):
+                flavour["se_channels"] = arch["se_channels"]
+        input_norm = dict(LAYOUT_INPUT_NORM[layout])
+    num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
+    return CheckpointInfo(str(path), state, layout, arch, flavour, input_norm, num_classes)
+
+
+def build_pretrained(
+    name: str, path: str | os.PathLike, *, num_classes: int = 1000, overrides: Mapping[str, Any] | None = None
+) -> ResNet:
+    """Build model ``name`` in the flavour of the checkpoint at ``path`` and load its weights (see module doc)."""
+    overrides = dict(overrides or {})
+    info = inspect_weights(path)
+    arch, flavour = info.arch, info.flavour
+    requested = {**model_defaults(name), **{k: v for k, v in overrides.items() if k in STRUCTURE_KEYS}}
+    if not _same_structure(arch, requested):
+        guess = guess_model_name(arch)
+        hint = f" (that is {guess!r}" if guess else " (no registered model has that structure"
+        hint += f"; {BASELINES[name]!r} is {name!r} without SE)" if name in BASELINES else ")"
+        raise _fail(
+            path,
+            f"holds a network with {_describe(arch)}{hint}, which does not match the requested {name!r} "
+            f"({_describe(requested)})",
+        )
+
+    for key, value in overrides.items():
+        if key in flavour and flavour[key] != value:
+            logger.warning(
+                "%s: overriding the checkpoint's %s=%r with %r; outputs will differ from the source model",
+                path,
+                key,
+                flavour[key],
+                value,
+            )
+    kwargs = {**model_defaults(name), **{k: v for k, v in flavour.items() if k not in RUNTIME_ARGS}}
+    kwargs.update(overrides)
+    kwargs["num_classes"] = num_classes
+    model = build_model(name, kwargs)
+    load_state_dict_checked(model, info.state, path)
+    model.input_norm = info.input_norm
+    model.pretrained_source = {"path": str(path), "layout": info.layout}
+    logger.info("loaded %s weights (%s layout) from %s", name, info.layout, path)
+    return model
+
+
+def load_state_dict_checked(model: ResNet, state: Mapping[str, torch.Tensor], path: str | os.PathLike = "") -> None:
+    """Load a mapped state dict; re-initialise a head of another size, and name any other mismatch in an error."""
+    state = dict(state)
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    built = {f"layer{i}." for i in range(1, 5) if hasattr(model, f"layer{i}")}
+
+    def unused_by_design(key: str) -> bool:
+        # A backbone (features mode, or no classifier) does not use the head or the stages after its outputs.
+        if key.startswith("fc.") and "fc.weight" not in expected:
+            return True
+        return key.startswith("layer") and not any(key.startswith(p) for p in built)
+
+    dropped = [k for k in state if unused_by_design(k)]
+    for k in dropped:
+        del state[k]
+    if dropped:
+        logger.info("%s: not used by this model: %d tensors (%s ...)", path, len(dropped), dropped[0])
+
+    head = [k for k in ("fc.weight", "fc.bias") if k in state and k in expected]
+    if any(state[k].shape != expected[k].shape for k in head):
+        logger.warning(
+            "%s: classifier head re-initialised: checkpoint has %d classes, the model %d",
+            path,
+            state["fc.weight"].shape[0],
+            expected["fc.weight"].shape[0],
+        )
+        for k in head:
+            del state[k]
+            del expected[k]
+    elif "fc.weight" in expected and "fc.weight" not in state:
+        logger.warning("%s: the checkpoint has no classifier; head fc is randomly initialised", path)
+        expected.pop("fc.weight")
+        expected.pop("fc.bias", None)
+
+    present = {k for k in state if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(expected) - present)
+    unexpected = sorted(present - set(expected))
+    misshaped = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(present & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            problems.append(f"{label} tensors: {shown}")
+    if problems:
+        raise _fail(path, "does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+
+
+# ----------------------------------------------------------------------------------------------------- saving
+
+
+def checkpoint_metadata(model: ResNet) -> dict[str, Any]:
+    """What our weight files carry beside the tensors: format, architecture and input normalisation."""
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "arch": getattr(model, "arch_name", None),
+        "arch_kwargs": dict(getattr(model, "arch_kwargs", {})),
+        "input_norm": dict(model.input_norm or IMAGENET_RGB),
+    }
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_weights(model: ResNet, path: str | os.PathLike) -> Path:
+    """Write the model's weights in our format (.pth, or .safetensors by suffix), atomically."""
+    path = Path(path)
+    meta = checkpoint_metadata(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        _atomic_write(path, lambda p: save_file(state, str(p), metadata={FORMAT_NAME: json.dumps(meta)}))
+    else:
+        _atomic_write(path, lambda p: torch.save({**meta, "model": state}, p))
+    return path
+
+
+def to_detectron2(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Rename our keys to detectron2's ResNet names (``res2.0.conv1.norm``, ``shortcut``, ``linear``) as numpy."""
+    out = OrderedDict()
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        k = re.sub(r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}.", key)
+        k = re.sub(r"\.downsample\.0\.", ".shortcut.", k)
+        k = re.sub(r"\.downsample\.1\.", ".shortcut.norm.", k)
+        k = re.sub(r"(^|\.)bn(\d)\.", r"\1conv\2.norm.", k)
+        k = re.sub(r"^fc\.", "linear.", k)
+        out[k] = value.detach().cpu().numpy()
+    return out
+
+
+def save_detectron2(model: ResNet, path: str | os.PathLike) -> Path:
+    """Write a detectron2 .pkl ({'model': numpy arrays, '__author__', 'matching_heuristics'}) atomically."""
+    path = Path(path)
+    payload = {
+        "model": to_detectron2(model.state_dict()),
+        "__author__": FORMAT_NAME,
+        "matching_heuristics": True,
+        "se_transfer": checkpoint_metadata(model),
+    }
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    _atomic_write(path, write)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- normalisation
+
+
+def normalize_input(images: torch.Tensor, input_norm: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """Turn RGB images in [0, 1] (N x 3 x H x W) into what weights with ``input_norm`` expect."""
+    spec = dict(input_norm or IMAGENET_RGB)
+    x = images
+    if spec["channel_order"] == "BGR":
+        x = x.flip(1)
+    elif spec["channel_order"] != "RGB":
+        raise ValueError(f"input_norm channel_order must be 'RGB' or 'BGR', got {spec['channel_order']!r}")
+    x = x * float(spec["pixel_range"])
+    mean = torch.as_tensor(spec["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(spec["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std

@@ -1,0 +1,32 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="se_transfer",
+    version="0.1.0",
+    description="Squeeze-and-Excitation backbones transferred to COCO detection, Places365 and CIFAR",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["se_transfer", "se_transfer.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "pycocotools>=2.0.7",
+        "albumentations==2.0.8",  # the last MIT release; never AlbumentationsX (AGPL)
+        "pyyaml>=6.0",
+        "safetensors>=0.4",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "timm>=1.0"],
+        "dev": ["pytest>=7", "timm>=1.0", "ruff>=0.5"],
+    },
+    entry_points={
+        "console_scripts": [
+            "se-complexity=se_transfer.cli:complexity_main",
+            "se-convert-weights=se_transfer.cli:convert_weights_main",
+        ]
+    },
+)

@@ -17,7 +17,13 @@ MODEL_REGISTRY = Registry("model")
 _SE = {"se_stages": (2, 3, 4, 5)}
 _BASIC = {"block": "basic", "stem_pool": "caffe"}
 _RESNET = {"block": "bottleneck", "stride_in_1x1": True, "stem_pool": "caffe"}
-_RESNEXT_32X4D = {"block": "bottleneck", "groups": 32, "width_per_group": 4, "stride_in_1x1": False, "stem_pool": "caffe"}
+_RESNEXT_32X4D = {
+    "block": "bottleneck",
+    "groups": 32,
+    "width_per_group": 4,
+    "stride_in_1x1": False,
+    "stem_pool": "caffe",
+}
 
 _DEFS: dict[str, dict[str, Any]] = {
     "resnet18": dict(_BASIC, layers=(2, 2, 2, 2)),

@@ -12,7 +12,8 @@ Module names follow torchvision where they can (``layer1``..``layer4``, ``fc``, 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -394,7 +395,7 @@ class ResNet(nn.Module):
                 parts.append((name, getattr(self, f"layer{i + 1}")))
         return parts
 
-    def freeze(self, freeze_at: int) -> "ResNet":
+    def freeze(self, freeze_at: int) -> ResNet:
         """Freeze the first ``freeze_at`` parts (1: stem, 2: stem + res2, ...): no gradients, frozen BatchNorm."""
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")

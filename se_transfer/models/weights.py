@@ -18,9 +18,10 @@ import os
 import pickle
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -101,8 +102,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                 "cannot be loaded with torch.load(weights_only=True): it is not a checkpoint, or it pickles objects "
                 f"other than tensors and plain containers ({str(e).splitlines()[0]})",
             ) from e
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise _fail(path, f"not a PyTorch checkpoint ({str(e).splitlines()[0]})") from e
+        except Exception as e:  # torch.load raises many types on arbitrary bytes (IndexError, RuntimeError, ...)
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise _fail(path, f"not a PyTorch checkpoint ({detail})") from e
         if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
             meta = {k: v for k, v in obj.items() if k != "model"}
     state = _unwrap_state_dict(obj, path)
@@ -217,12 +219,11 @@ def infer_architecture(state: Mapping[str, torch.Tensor], path: str | os.PathLik
     arch["downsample_kernel"] = state[ds].shape[-1] if ds in state else 1
     se_stages, se_channels = [], []
     for stage in range(1, 5):
-        key = f"layer{stage}.0.se.fc1.weight"
-        if key in state:
+        widths = {v.shape[0] for k, v in state.items() if re.fullmatch(rf"layer{stage}\.\d+\.se\.fc1\.weight", k)}
+        if widths:
             se_stages.append(stage + 1)
-            se_channels.append(state[key].shape[0])
-        else:
-            se_channels.append(None)
+        # Blocks that disagree leave the default width, so that the odd tensor is named when loading.
+        se_channels.append(widths.pop() if len(widths) == 1 else None)
     arch["se_stages"] = se_stages
     arch["se_channels"] = se_channels
     arch["se_bias"] = any(k.endswith(".se.fc1.bias") for k in state) or not se_stages

@@ -48,7 +48,7 @@ def _format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def complexity_main(argv: Sequence[str] | None = None) -> int:
     """Print parameters and multiply-adds of one model, or a Table-2-style table of several."""
-    from .models import BASELINES, list_models
+    from .models import baseline_of, list_models
     from .models.complexity import complexity_row
 
     parser = argparse.ArgumentParser(
@@ -72,7 +72,7 @@ def complexity_main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(e))
     table = []
     for name, r in rows.items():
-        base = rows.get(BASELINES.get(name, ""))
+        base = rows.get(baseline_of(name) or "")
         overhead_macs = f"{100 * (r['macs_total'] / base['macs_total'] - 1):+.2f}%" if base else ""
         overhead_params = f"{100 * (r['params'] / base['params'] - 1):+.1f}%" if base else ""
         paper = PAPER_GFLOPS.get(name) if args.input_size == 224 and args.num_classes == 1000 else None

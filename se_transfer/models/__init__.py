@@ -1,6 +1,6 @@
 """SE-ResNet / SE-ResNeXt / SENet-154 and their baselines: ``create_model``, ``list_models``, weight loading."""
 
-from .factory import BASELINES, MODEL_REGISTRY, create_model, list_models, model_defaults
+from .factory import MODEL_REGISTRY, baseline_of, create_model, list_models, model_defaults, register_model
 from .resnet import STAGE_NAMES, BasicBlock, Bottleneck, ResNet, ShapeSpec, convert_frozen_batchnorm
 from .se import SEModule
 from .weights import (
@@ -14,7 +14,6 @@ from .weights import (
 )
 
 __all__ = [
-    "BASELINES",
     "CAFFE_BGR",
     "IMAGENET_RGB",
     "MODEL_REGISTRY",
@@ -25,11 +24,13 @@ __all__ = [
     "SEModule",
     "ShapeSpec",
     "WeightsError",
+    "baseline_of",
     "convert_frozen_batchnorm",
     "create_model",
     "list_models",
     "model_defaults",
     "normalize_input",
+    "register_model",
     "read_checkpoint",
     "save_detectron2",
     "save_weights",

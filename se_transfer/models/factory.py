@@ -5,14 +5,34 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from torch import nn
 
 from ..registry import Registry
 from .resnet import ResNet
 
-# name -> default ResNet kwargs. Every SE model defaults to its official (Caffe) architecture; each baseline is
-# the same network with se_stages=() so that a comparison changes one thing.
 MODEL_REGISTRY = Registry("model")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: the class (or function) that builds it, its default arguments, and its family."""
+
+    builder: Callable[..., nn.Module]
+    defaults: dict[str, Any]
+    family: str  # "imagenet": ResNet family (224 inputs, public weight layouts); "cifar": 32x32 models
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], family: str, **defaults: Any) -> None:
+    """Register ``builder(**defaults, **overrides, num_classes=...)`` under ``name``."""
+    MODEL_REGISTRY.add(name, ModelEntry(builder, defaults, family))
+
+
+# The ImageNet family: every SE model defaults to its official (Caffe) architecture; each baseline is the same
+# network with se_stages=() so that a comparison changes one thing.
 
 _SE = {"se_stages": (2, 3, 4, 5)}
 _BASIC = {"block": "basic", "stem_pool": "caffe"}
@@ -51,10 +71,7 @@ _DEFS: dict[str, dict[str, Any]] = {
 for _base in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x4d"):
     _DEFS["se_" + _base] = dict(_DEFS[_base], **_SE)
 for _name, _kwargs in _DEFS.items():
-    MODEL_REGISTRY.add(_name, _kwargs)
-
-# What a model's baseline (the same network without SE) is called, for tables and comparisons.
-BASELINES = {n: n[3:] for n in _DEFS if n.startswith("se_")}
+    register_model(_name, ResNet, "imagenet", **_kwargs)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -62,9 +79,20 @@ def list_models(pattern: str = "*") -> list[str]:
     return [n for n in MODEL_REGISTRY.names() if fnmatch.fnmatch(n, pattern)]
 
 
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; an unknown name is an error that lists the close matches."""
+    return MODEL_REGISTRY.get(name)
+
+
 def model_defaults(name: str) -> dict[str, Any]:
     """A copy of the default constructor arguments of a registered model (unknown names list close matches)."""
-    return dict(MODEL_REGISTRY.get(name))
+    return dict(model_entry(name).defaults)
+
+
+def baseline_of(name: str) -> str | None:
+    """The registered model that is ``name`` without SE ('se_resnet50' -> 'resnet50'), if any."""
+    base = name[3:] if name.startswith("se_") else None
+    return base if base in MODEL_REGISTRY else None
 
 
 def create_model(
@@ -81,23 +109,33 @@ def create_model(
     checkpoint (stride position, stem pool, SE widths) is applied unless overridden, its input normalisation is kept
     in ``model.input_norm``, and a classifier head of another size is re-initialised.
     """
-    defaults = model_defaults(name)
-    unknown = sorted(set(overrides) - set(RESNET_DEFAULTS) - {"num_classes"})
+    entry = model_entry(name)
+    valid = _builder_args(entry.builder)
+    unknown = sorted(set(overrides) - valid)
     if unknown:
-        raise TypeError(f"create_model({name!r}): unknown argument(s) {unknown}; valid: {sorted(RESNET_DEFAULTS)}")
+        raise TypeError(f"create_model({name!r}): unknown argument(s) {unknown}; valid: {sorted(valid)}")
     if pretrained is not None and str(pretrained) != "":
-        from .weights import build_pretrained
+        from .weights import build_pretrained, load_plain_weights
 
-        return build_pretrained(name, pretrained, num_classes=num_classes, overrides=overrides)
-    return build_model(name, {**defaults, **overrides, "num_classes": num_classes})
+        if entry.family == "imagenet":
+            return build_pretrained(name, pretrained, num_classes=num_classes, overrides=overrides)
+        model = build_model(name, {**entry.defaults, **overrides, "num_classes": num_classes})
+        load_plain_weights(model, pretrained)
+        return model
+    return build_model(name, {**entry.defaults, **overrides, "num_classes": num_classes})
 
 
-def build_model(name: str, kwargs: dict[str, Any]) -> ResNet:
-    """Construct ResNet(**kwargs) and record its name and architecture arguments on it."""
-    model = ResNet(**kwargs)
+def build_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Construct a registered model from complete arguments and record its name and architecture on it."""
+    model = model_entry(name).builder(**kwargs)
     model.arch_name = name
     model.arch_kwargs = _structural(kwargs)
     return model
+
+
+def _builder_args(builder: Callable[..., nn.Module]) -> frozenset[str]:
+    fn = builder.__init__ if isinstance(builder, type) else builder
+    return frozenset(p for p in inspect.signature(fn).parameters if p not in ("self", "num_classes"))
 
 
 # ResNet's constructor arguments and their defaults.

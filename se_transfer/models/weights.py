@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .factory import BASELINES, RESNET_DEFAULTS, RUNTIME_ARGS, build_model, list_models, model_defaults
+from .factory import RESNET_DEFAULTS, RUNTIME_ARGS, baseline_of, build_model, list_models, model_defaults, model_entry
 from .resnet import ResNet
 from .se import se_hidden_channels
 
@@ -186,7 +186,9 @@ def _layout_flavour(layout: str, arch: Mapping[str, Any]) -> dict[str, Any]:
             # timm's legacy SEResNetBlock has a ReLU after bn2.
             "basic_relu_before_se": arch["block"] == "basic",
         }
-    return {"stride_in_1x1": False, "stem_pool": "pytorch"}
+    if layout == "torchvision":
+        return {"stride_in_1x1": False, "stem_pool": "pytorch"}
+    return {}  # a bare state dict of ours: the requested model's own defaults
 
 
 def infer_architecture(state: Mapping[str, torch.Tensor], path: str | os.PathLike = "") -> dict[str, Any]:
@@ -253,8 +255,10 @@ def _same_structure(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 def guess_model_name(arch: Mapping[str, Any]) -> str | None:
-    """The registered model whose default structure equals ``arch``, if any."""
+    """The registered ImageNet-family model whose default structure equals ``arch``, if any."""
     for name in list_models():
+        if model_entry(name).family != "imagenet":
+            continue
         if _same_structure(model_defaults(name), arch):
             return name
     return None
@@ -306,7 +310,13 @@ def inspect_weights(path: str | os.PathLike) -> CheckpointInfo:
             default_hidden = [se_hidden_channels(64 * 2**i * expansion, 16) for i in range(4)]
             if any(h is not None and h != d for h, d in zip(arch["se_channels"], default_hidden)):
                 flavour["se_channels"] = arch["se_channels"]
-        input_norm = dict(LAYOUT_INPUT_NORM[layout])
+        if layout == FORMAT_NAME:
+            logger.warning(
+                "%s: a bare se_transfer state dict without metadata: assuming the requested model's defaults "
+                "and ImageNet RGB normalisation (save with se_transfer.models.save_weights to keep them)",
+                path,
+            )
+        input_norm = dict(LAYOUT_INPUT_NORM.get(layout, IMAGENET_RGB))
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
     return CheckpointInfo(str(path), state, layout, arch, flavour, input_norm, num_classes)
 
@@ -322,7 +332,7 @@ def build_pretrained(
     if not _same_structure(arch, requested):
         guess = guess_model_name(arch)
         hint = f" (that is {guess!r}" if guess else " (no registered model has that structure"
-        hint += f"; {BASELINES[name]!r} is {name!r} without SE)" if name in BASELINES else ")"
+        hint += f"; {baseline_of(name)!r} is {name!r} without SE)" if baseline_of(name) else ")"
         raise _fail(
             path,
             f"holds a network with {_describe(arch)}{hint}, which does not match the requested {name!r} "
@@ -398,6 +408,20 @@ def load_state_dict_checked(model: ResNet, state: Mapping[str, torch.Tensor], pa
             problems.append(f"{label} tensors: {shown}")
     if problems:
         raise _fail(path, "does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+
+
+def load_plain_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load our own (or a bare) state dict into a model of a family without public layouts, strictly."""
+    state, _ = read_checkpoint(path)
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    present = {k for k in state if not k.endswith("num_batches_tracked")}
+    misshaped = [k for k in present & set(expected) if state[k].shape != expected[k].shape]
+    problems = {"missing": sorted(set(expected) - present), "unexpected": sorted(present - set(expected))}
+    problems["mis-shaped"] = sorted(misshaped)
+    text = "; ".join(f"{k} tensors: {', '.join(v[:8])}" for k, v in problems.items() if v)
+    if text:
+        raise _fail(path, f"does not fit {getattr(model, 'arch_name', type(model).__name__)}: {text}")
     model.load_state_dict(state, strict=False)
 
 

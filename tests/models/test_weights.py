@@ -87,6 +87,19 @@ def test_our_format_round_trips_architecture_and_normalisation(tmp_path, suffix)
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
 
+def test_bare_state_dict_of_ours_keeps_the_requested_defaults(tmp_path, caplog):
+    model = create_model("se_resnet50").eval()
+    randomize_batchnorm(model)
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    with caplog.at_level(logging.WARNING):
+        loaded = create_model("se_resnet50", pretrained=tmp_path / "bare.pth").eval()
+    assert "without metadata" in caplog.text
+    assert loaded.layer2[0].conv1.stride == (2, 2) and loaded.stem.pool.ceil_mode
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
 def test_head_of_another_size_is_reinitialised_and_said(tmp_path, caplog):
     ref = _source("timm", "legacy_seresnet50")
     torch.save(ref.state_dict(), tmp_path / "w.pth")

@@ -18,6 +18,10 @@ setup(
         "pyyaml>=6.0",
         "safetensors>=0.4",
         "numpy",
+        "yacs>=0.1.8",
+        "tqdm>=4.60",
+        "tensorboard>=2.10",
+        "matplotlib>=3.5",
     ],
     extras_require={
         "test": ["pytest>=7", "timm>=1.0"],
@@ -27,6 +31,7 @@ setup(
         "console_scripts": [
             "se-complexity=se_transfer.cli:complexity_main",
             "se-convert-weights=se_transfer.cli:convert_weights_main",
+            "se-train=se_transfer.cli:train_main",
         ]
     },
 )

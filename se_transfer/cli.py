@@ -37,17 +37,9 @@ PAPER_GFLOPS = {
 }
 
 
-def _format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-
-    def line(cells):
-        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 def complexity_main(argv: Sequence[str] | None = None) -> int:
     """Print parameters and multiply-adds of one model, or a Table-2-style table of several."""
+    from .engine.events import format_table
     from .models import baseline_of, list_models
     from .models.complexity import complexity_row
 
@@ -91,7 +83,7 @@ def complexity_main(argv: Sequence[str] | None = None) -> int:
     headers = ["model", "params (M)", "GMACs", "GMACs conv+fc", "SE params", "SE GMACs", "paper GFLOPs"]
     print(f"Complexity at {args.input_size}x{args.input_size} (one image; GMACs = conv+fc multiply-adds plus the")
     print("SE blocks' squeeze and scale, one per element each; SE columns: change over the model without SE)")
-    print(_format_table(headers, table))
+    print(format_table(headers, table))
     if args.json:
         print(json.dumps({"input_size": args.input_size, "rows": list(rows.values())}))
     return 0
@@ -133,4 +125,144 @@ def convert_weights_main(argv: Sequence[str] | None = None) -> int:
         model.input_norm = dict(IMAGENET_RGB if args.input_norm == "imagenet" else CAFFE_BGR)
     out = save_detectron2(model, args.dst) if args.dst.suffix == ".pkl" else save_weights(model, args.dst)
     print(f"wrote {out} ({name}, {info.layout} layout in, {info.num_classes} classes, input {model.input_norm})")
+    return 0
+
+
+def train_argument_parser() -> argparse.ArgumentParser:
+    """detectron2-style arguments of tools/train_net.py."""
+    parser = argparse.ArgumentParser(
+        prog="train_net",
+        description="Train or evaluate a model as a config file says. Trailing KEY VALUE pairs override config keys "
+        "(values are read as Python literals), e.g. SOLVER.MAX_ITER 100 MODEL.DEVICE cpu.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Several machines: run the same command on each with --num-machines M --machine-rank R "
+        "--dist-url tcp://HOST0:PORT; or use torchrun (RANK/WORLD_SIZE/LOCAL_RANK are read from the environment).",
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE", help="YAML config (may use _BASE_)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS and exit")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint if present")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (one per GPU; on CPU: gloo)")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0..num_machines-1)")
+    parser.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 ('auto': one machine)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return parser
+
+
+def _train_worker(cfg, eval_only: bool, resume: bool) -> None:
+    from .engine.events import setup_logger
+
+    setup_logger(None)
+    if cfg.TASK == "classification":
+        from .classification.cifar import run
+
+        run(cfg, eval_only=eval_only, resume=resume)
+    else:
+        raise ValueError(f"TASK must be 'classification' (detection arrives later), got {cfg.TASK!r}")
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of tools/train_net.py."""
+    from .config import ConfigError, load_config
+    from .data.cifar import DatasetError
+    from .engine import launch
+    from .engine.trainer import NonFiniteLossError
+    from .models.factory import UnknownArgumentError
+    from .models.weights import WeightsError
+    from .registry import RegistryError
+
+    args = train_argument_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config_file or None, args.opts)
+        device_type = "cpu" if cfg.MODEL.DEVICE == "cpu" else ("cuda" if _cuda_available() else "cpu")
+        launch(
+            _train_worker,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            device_type=device_type,
+            args=(cfg, args.eval_only, args.resume),
+        )
+    except (
+        ConfigError,
+        DatasetError,
+        WeightsError,
+        NonFiniteLossError,
+        FileNotFoundError,
+        RegistryError,
+        UnknownArgumentError,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _twin_config(path: Path) -> tuple[Path, Path]:
+    """(baseline config, SE config) for a config file named NAME_DATASET.yaml or se_NAME_DATASET.yaml."""
+    name = path.name
+    base = path.with_name(name[3:]) if name.startswith("se_") else path
+    se = path if name.startswith("se_") else path.with_name("se_" + name)
+    for p in (base, se):
+        if not p.is_file():
+            raise FileNotFoundError(f"paired config not found: {p} (configs come as NAME_X.yaml and se_NAME_X.yaml)")
+    return base, se
+
+
+def compare_main(argv: Sequence[str] | None = None) -> int:
+    """Train a baseline and its SE twin with the same seed and recipe; print their errors beside the paper's."""
+    from .classification.cifar import PAPER_ERRORS
+    from .config import ConfigError, load_config
+    from .engine import format_table, launch, read_metrics
+
+    parser = train_argument_parser()
+    parser.prog = "compare"
+    parser.description = (
+        "Run the baseline and SE configs of one recipe (e.g. resnet110_cifar10.yaml and se_resnet110_cifar10.yaml) "
+        "with the same seed and overrides, each into its own OUTPUT_DIR (OUTPUT_DIR given here: a sub-folder per "
+        "config), and print their errors side by side."
+    )
+    args = parser.parse_args(argv)
+    if not args.config_file:
+        parser.error("--config-file is required")
+    try:
+        pair = _twin_config(Path(args.config_file))
+        cfgs = []
+        for path in pair:
+            cfg = load_config(path, args.opts)
+            if "OUTPUT_DIR" in args.opts[0::2]:  # one folder given: each run goes into a sub-folder of it
+                cfg = load_config(path, list(args.opts) + ["OUTPUT_DIR", str(Path(cfg.OUTPUT_DIR) / path.stem)])
+            cfgs.append(cfg)
+        if cfgs[0].MODEL.ARCH == cfgs[1].MODEL.ARCH:
+            raise ConfigError(f"both runs would train {cfgs[0].MODEL.ARCH}: do not override MODEL.ARCH here")
+        if cfgs[0].OUTPUT_DIR == cfgs[1].OUTPUT_DIR:
+            raise ConfigError(f"both configs write to OUTPUT_DIR {cfgs[0].OUTPUT_DIR}; give them their own")
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device_type = "cpu" if cfgs[0].MODEL.DEVICE == "cpu" else ("cuda" if _cuda_available() else "cpu")
+    rows, summary = [], {}
+    for cfg in cfgs:
+        launch(_train_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, device_type,
+               (cfg, args.eval_only, args.resume))  # fmt: skip
+        evals = [r for r in read_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl") if "top1_err" in r]
+        last = evals[-1]
+        paper = PAPER_ERRORS.get((cfg.MODEL.ARCH, cfg.DATA.DATASET))
+        summary[cfg.MODEL.ARCH] = {"top1_err": last["top1_err"], "top5_err": last["top5_err"], "paper_top1_err": paper}
+        rows.append(
+            [cfg.MODEL.ARCH, f"{last['top1_err']:.2f}", f"{last['top5_err']:.2f}", f"{paper:.2f}" if paper else "-"]
+        )
+    (b, bs), (s, ss) = summary.items()
+    paper_gain = f"{bs['paper_top1_err'] - ss['paper_top1_err']:+.2f}" if bs["paper_top1_err"] else "-"
+    rows.append(["SE gain (baseline - SE)", f"{bs['top1_err'] - ss['top1_err']:+.2f}",
+                 f"{bs['top5_err'] - ss['top5_err']:+.2f}", paper_gain])  # fmt: skip
+    print(f"\n{cfgs[0].DATA.DATASET}: same seed ({cfgs[0].SEED}) and recipe for both")
+    print(format_table(["model", "top-1 err (%)", "top-5 err (%)", "paper top-1 err (%)"], rows))
+    print(json.dumps(summary))
     return 0

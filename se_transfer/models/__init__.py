@@ -35,3 +35,5 @@ __all__ = [
     "save_detectron2",
     "save_weights",
 ]
+
+from . import cifar  # noqa: F401  (registers the CIFAR models)

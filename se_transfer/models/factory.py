@@ -17,6 +17,10 @@ from .resnet import ResNet
 MODEL_REGISTRY = Registry("model")
 
 
+class UnknownArgumentError(TypeError):
+    """An argument that the requested model does not take."""
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """A registered model: the class (or function) that builds it, its default arguments, and its family."""
@@ -113,7 +117,7 @@ def create_model(
     valid = _builder_args(entry.builder)
     unknown = sorted(set(overrides) - valid)
     if unknown:
-        raise TypeError(f"create_model({name!r}): unknown argument(s) {unknown}; valid: {sorted(valid)}")
+        raise UnknownArgumentError(f"create_model({name!r}): unknown argument(s) {unknown}; valid: {sorted(valid)}")
     if pretrained is not None and str(pretrained) != "":
         from .weights import build_pretrained, load_plain_weights
 

@@ -1,0 +1,141 @@
+"""CIFAR training throughput, models side by side in one process: eager, compiled, compiled with CUDA graphs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader
+from ..engine.events import format_table
+from ..models import create_model
+
+MODES = {"eager": None, "compiled": "default", "cudagraphs": "reduce-overhead"}
+
+
+def _synthetic_cifar(n: int, num_classes: int = 10, seed: int = 0) -> CifarData:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    classes = [str(i) for i in range(num_classes)]
+    return CifarData(images=images, labels=labels, classes=classes, num_classes=num_classes)
+
+
+def _make_step(
+    name: str, mode: str, device: torch.device, amp: str, channels_last: bool
+) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], nn.Module]:
+    model = create_model(name, num_classes=10).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    fwd = model if MODES[mode] is None else torch.compile(model, mode=MODES[mode])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(fwd(images), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark(
+    models: Sequence[str],
+    modes: Sequence[str],
+    device: torch.device,
+    batch_size: int = 128,
+    steps: int = 50,
+    warmup: int = 15,
+    rounds: int = 5,
+    amp: str = "none",
+    channels_last: bool = False,
+) -> list[dict]:
+    """Images/s of a full training step (augmentation on the device included) for every model and mode."""
+    n = max(batch_size * (steps + 1), 4096) if device.type == "cuda" else batch_size * (steps + 1)
+    loader = CifarLoader(
+        _synthetic_cifar(n),
+        batch_size=batch_size,
+        train=True,
+        device=device,
+        seed=0,
+        channels_last=channels_last,
+        mean=CIFAR_MEAN["cifar10"],
+        std=CIFAR_STD["cifar10"],
+    )
+    results = []
+    for mode in modes:
+        steps_fns = {m: _make_step(m, mode, device, amp, channels_last)[0] for m in models}
+        times: dict[str, list[float]] = {m: [] for m in models}
+        for fn in steps_fns.values():  # warm-up (and compilation) outside the timed windows
+            for images, labels in _take(loader, warmup):
+                fn(images, labels)
+        _sync(device)
+        for r in range(rounds):  # alternate the models so that clock and thermal drift hit both alike
+            for m, fn in steps_fns.items():
+                batches = list(_take(loader, steps, epoch=r + 1))
+                _sync(device)
+                t0 = time.perf_counter()
+                for images, labels in batches:
+                    fn(images, labels)
+                _sync(device)
+                times[m].append(time.perf_counter() - t0)
+        for m in models:
+            results.append({"model": m, "mode": mode, "ims_per_sec": batch_size * steps / statistics.median(times[m])})
+    return results
+
+
+def _take(loader: CifarLoader, k: int, epoch: int = 0):
+    it = loader.epoch_iter(epoch)
+    for _ in range(k):
+        try:
+            yield next(it)
+        except StopIteration:
+            epoch += 1
+            it = loader.epoch_iter(epoch)
+            yield next(it)
+
+
+def benchmark_cifar_main(argv: Sequence[str] | None = None) -> int:
+    """Command line of tools/benchmark_cifar.py."""
+    p = argparse.ArgumentParser(prog="benchmark_cifar", description=__doc__)
+    p.add_argument("--models", nargs="+", default=["resnet110", "se_resnet110"])
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=None, help="default: all on CUDA, eager on CPU")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=50, help="timed steps per window")
+    p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=5, help="timed windows per model (median taken)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="default: bf16 on CUDA, none on CPU")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a last line of JSON")
+    args = p.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    modes = args.modes or (list(MODES) if device.type == "cuda" else ["eager"])
+    amp = args.amp or ("bf16" if device.type == "cuda" else "none")
+    results = benchmark(
+        args.models, modes, device, args.batch_size, args.steps, args.warmup, args.rounds, amp, args.channels_last
+    )
+    base = {r["mode"]: r["ims_per_sec"] for r in results if r["model"] == args.models[0]}
+    for r in results:
+        r["ratio_to_first"] = r["ims_per_sec"] / base[r["mode"]]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"CIFAR training step, batch {args.batch_size}, amp {amp}, channels_last {args.channels_last}, {name}")
+    rows = [[r["model"], r["mode"], f"{r['ims_per_sec']:.0f}", f"{r['ratio_to_first']:.2f}x"] for r in results]
+    print(format_table(["model", "mode", "images/s", f"vs {args.models[0]}"], rows))
+    if args.json:
+        print(json.dumps({"device": name, "batch_size": args.batch_size, "amp": amp, "results": results}))
+    return 0

@@ -1,0 +1,264 @@
+"""CIFAR-10/100 classification: build model and data from a config, train with the engine, evaluate top-1/top-5."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import CfgNode
+from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
+from ..engine import (
+    Checkpointer,
+    CheckpointHook,
+    EvalHook,
+    LoggingHook,
+    MetricsWriter,
+    Trainer,
+    build_lr_scheduler,
+    build_optimizer,
+    default_setup,
+    format_table,
+    get_rank,
+    get_world_size,
+    is_main_process,
+    plot_metrics,
+)
+from ..engine.distributed import all_reduce_sum
+from ..engine.events import truncate_metrics
+from ..models import create_model
+from ..models.weights import checkpoint_metadata
+
+logger = logging.getLogger(__name__)
+
+# Test error (%) of the paper's Tables 4 and 5, by (model, data set).
+PAPER_ERRORS = {
+    ("resnet110", "cifar10"): 6.37,
+    ("se_resnet110", "cifar10"): 5.21,
+    ("resnet110", "cifar100"): 26.88,
+    ("se_resnet110", "cifar100"): 23.85,
+    ("preact_resnet164", "cifar10"): 5.46,
+    ("se_preact_resnet164", "cifar10"): 4.39,
+    ("preact_resnet164", "cifar100"): 24.33,
+    ("se_preact_resnet164", "cifar100"): 21.31,
+    ("wrn16_8", "cifar10"): 4.27,
+    ("se_wrn16_8", "cifar10"): 3.88,
+    ("wrn16_8", "cifar100"): 20.43,
+    ("se_wrn16_8", "cifar100"): 19.14,
+    ("shake_shake26_2x96d", "cifar10"): 2.56,
+    ("se_shake_shake26_2x96d", "cifar10"): 2.12,
+    ("shake_even29_2x4x64d", "cifar100"): 15.85,
+    ("se_shake_even29_2x4x64d", "cifar100"): 15.41,
+}
+
+
+def load_data(cfg: CfgNode) -> tuple[CifarData, CifarData]:
+    """The train and test sets of DATA.DATASET under DATA.ROOT (generated first if DATA.GENERATE_DEMO)."""
+    root = Path(cfg.DATA.ROOT)
+    if cfg.DATA.GENERATE_DEMO and is_main_process():
+        folder = root / ("cifar-10-batches-py" if cfg.DATA.DATASET == "cifar10" else "cifar-100-python")
+        if not folder.is_dir():
+            logger.info("DATA.GENERATE_DEMO: writing a generated %s set to %s", cfg.DATA.DATASET, root)
+            write_fake_cifar(root, cfg.DATA.DATASET, seed=cfg.SEED)
+    from ..engine.distributed import synchronize
+
+    synchronize()
+    return load_cifar(root, cfg.DATA.DATASET, "train"), load_cifar(root, cfg.DATA.DATASET, "test")
+
+
+def build_model(cfg: CfgNode, num_classes: int) -> nn.Module:
+    """The model of MODEL.ARCH with MODEL.KWARGS and, if given, MODEL.WEIGHTS."""
+    n = cfg.MODEL.NUM_CLASSES or num_classes
+    return create_model(cfg.MODEL.ARCH, num_classes=n, pretrained=cfg.MODEL.WEIGHTS or None, **dict(cfg.MODEL.KWARGS))
+
+
+def _loader(cfg: CfgNode, data: CifarData, train: bool, device: torch.device) -> CifarLoader:
+    return CifarLoader(
+        data,
+        batch_size=cfg.SOLVER.IMS_PER_BATCH if train else cfg.TEST.IMS_PER_BATCH,
+        train=train,
+        device=device,
+        seed=cfg.SEED,
+        cutout=cfg.DATA.CUTOUT if train else 0,
+        rank=get_rank(),
+        world_size=get_world_size(),
+        channels_last=cfg.MODEL.CHANNELS_LAST,
+        mean=CIFAR_MEAN[cfg.DATA.DATASET],
+        std=CIFAR_STD[cfg.DATA.DATASET],
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: CifarLoader, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Top-1 / top-5 accuracy and error (%) over the whole loader, summed over all processes."""
+    was_training = model.training
+    model.eval()
+    counts = None
+    for images, labels in loader.epoch_iter(0):
+        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        k = min(5, logits.shape[1])
+        top = logits.float().topk(k, dim=1).indices
+        hit = top == labels[:, None]
+        batch = torch.stack([hit[:, :1].any(1).sum(), hit.any(1).sum(), torch.tensor(len(labels), device=hit.device)])
+        counts = batch if counts is None else counts + batch
+    model.train(was_training)
+    counts = all_reduce_sum(counts.double())
+    top1, top5, total = (float(c) for c in counts)
+    acc1, acc5 = 100.0 * top1 / total, 100.0 * top5 / total
+    return {"top1": acc1, "top5": acc5, "top1_err": 100.0 - acc1, "top5_err": 100.0 - acc5, "num_images": int(total)}
+
+
+def _schedule(cfg: CfgNode, iters_per_epoch: int) -> tuple[int, int, list[int]]:
+    """(schedule length, iteration to stop at, LR milestones in iterations) from SOLVER.EPOCHS / MAX_ITER / STEPS."""
+    s = cfg.SOLVER
+    if s.EPOCHS > 0:
+        max_iter = s.EPOCHS * iters_per_epoch
+        steps = [int(round(e * iters_per_epoch)) for e in s.STEPS]
+        stop = min(max_iter, s.MAX_ITER) if s.MAX_ITER > 0 else max_iter
+    elif s.MAX_ITER > 0:
+        max_iter = stop = s.MAX_ITER
+        steps = [int(x) for x in s.STEPS]
+    else:
+        raise ValueError("set SOLVER.EPOCHS or SOLVER.MAX_ITER to a positive number")
+    return max_iter, stop, steps
+
+
+def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train (or with ``eval_only`` just evaluate) a CIFAR classifier as ``cfg`` says; return the final metrics."""
+    device = default_setup(cfg)
+    train_set, test_set = load_data(cfg)
+    model = build_model(cfg, train_set.num_classes).to(device)
+    if cfg.MODEL.CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.SOLVER.AMP]
+    test_loader = _loader(cfg, test_set, False, device)
+
+    if eval_only:
+        writer = MetricsWriter(cfg.OUTPUT_DIR) if is_main_process() else None
+        if not cfg.MODEL.WEIGHTS:
+            logger.warning("--eval-only without MODEL.WEIGHTS: evaluating a randomly initialised model")
+        results = evaluate(model, test_loader, amp_dtype)
+        if writer is not None:
+            writer.write({"iteration": 0, "eval_only": True, **results})
+            writer.close()
+        _print_summary(cfg, results, None)
+        return results
+
+    train_loader = _loader(cfg, train_set, True, device)
+    ipe = len(train_loader)
+    max_iter, stop_iter, steps = _schedule(cfg, ipe)
+    optimizer = build_optimizer(
+        model,
+        cfg.SOLVER.OPTIMIZER,
+        cfg.SOLVER.BASE_LR,
+        cfg.SOLVER.MOMENTUM,
+        cfg.SOLVER.WEIGHT_DECAY,
+        cfg.SOLVER.NESTEROV,
+    )
+    scheduler = build_lr_scheduler(
+        optimizer,
+        max_iter=max_iter,
+        scheduler=cfg.SOLVER.LR_SCHEDULER,
+        steps=steps,
+        gamma=cfg.SOLVER.GAMMA,
+        warmup_iters=cfg.SOLVER.WARMUP_ITERS,
+        warmup_factor=cfg.SOLVER.WARMUP_FACTOR,
+    )
+    train_model: nn.Module = model
+    if get_world_size() > 1:
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.MODEL.COMPILE:
+        train_model = torch.compile(train_model, mode=None if cfg.MODEL.COMPILE == "default" else cfg.MODEL.COMPILE)
+
+    trainer = Trainer(
+        train_model,
+        optimizer,
+        scheduler,
+        batches=lambda start: _batches(train_loader, start),
+        loss_fn=_cross_entropy,
+        max_iter=max_iter,
+        stop_iter=stop_iter,
+        amp=cfg.SOLVER.AMP,
+        clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
+        device=device,
+        ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
+    )
+    checkpointer = Checkpointer(cfg.OUTPUT_DIR, model, optimizer=optimizer, scheduler=scheduler, scaler=trainer.scaler)
+    if hasattr(model, "arch_kwargs"):  # lets create_model(pretrained=model_final.pth) rebuild the same flavour
+        checkpointer.extra_meta = checkpoint_metadata(model)
+    start_iter = checkpointer.resume() if resume else 0
+    writer = None
+    if is_main_process():
+        # A resumed run rewrites what came after its checkpoint; a fresh run starts a fresh file.
+        truncate_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl", start_iter)
+        writer = MetricsWriter(cfg.OUTPUT_DIR)
+    trainer.register_hooks(
+        [
+            LoggingHook(cfg.LOG_PERIOD, writer, ipe),
+            CheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
+            EvalHook(cfg.TEST.EVAL_PERIOD, lambda: evaluate(model, test_loader, amp_dtype), writer),
+        ]
+    )
+    t0 = time.perf_counter()
+    try:
+        trainer.train(start_iter)
+    finally:
+        if writer is not None:
+            writer.close()
+    results = dict(trainer.last_eval)
+    results["train_time_s"] = time.perf_counter() - t0
+    results["iterations"] = trainer.iter
+    if is_main_process():
+        results["plots"] = [str(p) for p in plot_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl", cfg.OUTPUT_DIR)]
+    _print_summary(cfg, results, trainer.start_iter)
+    return results
+
+
+def _cross_entropy(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    images, labels = batch
+    return {"loss": nn.functional.cross_entropy(model(images), labels)}
+
+
+def _batches(loader: CifarLoader, start_iter: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches from iteration ``start_iter`` on, across epochs, exactly as an uninterrupted run sees them."""
+    ipe = len(loader)
+    epoch, start = divmod(start_iter, ipe)
+    while True:
+        yield from loader.epoch_iter(epoch, start_batch=start)
+        epoch, start = epoch + 1, 0
+
+
+def _print_summary(cfg: CfgNode, results: dict[str, Any], start_iter: int | None) -> None:
+    if not is_main_process():
+        return
+    paper = PAPER_ERRORS.get((cfg.MODEL.ARCH, cfg.DATA.DATASET))
+    rows = [
+        ["model", cfg.MODEL.ARCH],
+        ["data set", f"{cfg.DATA.DATASET} ({results.get('num_images', '?')} test images)"],
+        ["top-1 accuracy / error (%)", f"{results['top1']:.2f} / {results['top1_err']:.2f}"],
+        ["top-5 accuracy / error (%)", f"{results['top5']:.2f} / {results['top5_err']:.2f}"],
+        ["paper top-1 error (%)", f"{paper:.2f}" if paper is not None else "-"],
+    ]
+    if start_iter is not None:
+        rows.append(
+            [
+                "iterations",
+                f"{results['iterations']} (resumed at {start_iter})" if start_iter else results["iterations"],
+            ]
+        )
+        rows.append(["training time", f"{results['train_time_s']:.1f} s"])
+        for p in results.get("plots", []):
+            rows.append(["plot", p])
+    rows.append(["output", str(Path(cfg.OUTPUT_DIR).resolve())])
+    text = format_table(["summary", ""], rows)
+    print(text, flush=True)
+    if not math.isfinite(results["top1"]):  # pragma: no cover - evaluate returns finite numbers
+        raise RuntimeError("evaluation produced a non-finite accuracy")

@@ -1,0 +1,78 @@
+"""Every configuration key, its default and what it means. YAML files and command-line overrides change these only."""
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# Which task runs: "classification" (CIFAR-10/100 now, Places365 later) or "detection" (COCO, later).
+_C.TASK = "classification"
+# Where everything of a run goes: config.yaml, metrics.jsonl, checkpoints, TensorBoard events, plots.
+_C.OUTPUT_DIR = "./output"
+# Seed of every random number generator (model init, data order, augmentation). Runs with the same seed and config
+# on the same hardware give the same weights (CPU: bit for bit).
+_C.SEED = 0
+# Iterations between two lines of the log / metrics.jsonl (also how often a non-finite loss is looked for).
+_C.LOG_PERIOD = 20
+
+_C.MODEL = CN()
+# Registered model name (se_transfer.models.list_models()), e.g. se_resnet110, resnet110, se_resnet50.
+_C.MODEL.ARCH = "se_resnet20"
+# Weights to start from (local file: our checkpoints, or any public layout for ImageNet models). Empty: random init.
+# With --eval-only: the weights evaluated.
+_C.MODEL.WEIGHTS = ""
+# "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N".
+_C.MODEL.DEVICE = "auto"
+# Classifier outputs; 0 takes the data set's number of classes.
+_C.MODEL.NUM_CLASSES = 0
+# Extra constructor arguments of the model (e.g. {"reduction": 8, "se_variant": "post"}); unknown names are errors.
+_C.MODEL.KWARGS = CN(new_allowed=True)
+# Store activations channels_last (NHWC): faster convolutions on GPUs with tensor cores.
+_C.MODEL.CHANNELS_LAST = False
+# torch.compile mode: "" (eager), "default", "reduce-overhead" (CUDA graphs) or "max-autotune".
+_C.MODEL.COMPILE = ""
+
+_C.DATA = CN()
+# Data set: "cifar10" or "cifar100".
+_C.DATA.DATASET = "cifar10"
+# Folder holding the data set in its official layout (see datasets/README.md).
+_C.DATA.ROOT = "./datasets"
+# Write a small generated data set in the official format to DATA.ROOT first if none is there (demo and tests).
+_C.DATA.GENERATE_DEMO = False
+# Cutout square side in pixels for training (0: off; the paper's recipes: 16 for CIFAR-10, 8 for CIFAR-100).
+_C.DATA.CUTOUT = 0
+
+_C.SOLVER = CN()
+# "SGD" (with MOMENTUM and NESTEROV) or "AdamW".
+_C.SOLVER.OPTIMIZER = "SGD"
+# Learning rate for the global batch SOLVER.IMS_PER_BATCH (no automatic scaling).
+_C.SOLVER.BASE_LR = 0.1
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+# Images per iteration over all processes (each of N processes takes IMS_PER_BATCH / N).
+_C.SOLVER.IMS_PER_BATCH = 128
+# Length of training in epochs (> 0), or 0 to use SOLVER.MAX_ITER.
+_C.SOLVER.EPOCHS = 0
+# Length of training in iterations when EPOCHS is 0; when EPOCHS > 0, a positive MAX_ITER stops training early
+# (the schedule still follows EPOCHS), so "SOLVER.MAX_ITER 100" on the command line caps any run.
+_C.SOLVER.MAX_ITER = 0
+# "multistep" (x GAMMA at each of STEPS), "cosine" (to 0 at the end) or "constant".
+_C.SOLVER.LR_SCHEDULER = "multistep"
+# Milestones of the multistep schedule: in epochs when EPOCHS > 0, else in iterations.
+_C.SOLVER.STEPS = ()
+_C.SOLVER.GAMMA = 0.1
+# Linear warm-up from WARMUP_FACTOR * BASE_LR over WARMUP_ITERS iterations (0: none).
+_C.SOLVER.WARMUP_ITERS = 0
+_C.SOLVER.WARMUP_FACTOR = 0.1
+# Iterations between checkpoints (0: only the final one). Each is written atomically; last_checkpoint names the newest.
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+# Clip the gradient norm to this value (0: no clipping).
+_C.SOLVER.CLIP_GRAD_NORM = 0.0
+# Mixed precision: "none", "bf16" or "fp16" (fp16 uses a gradient scaler).
+_C.SOLVER.AMP = "none"
+
+_C.TEST = CN()
+# Iterations between evaluations during training (0: none); training always ends with one.
+_C.TEST.EVAL_PERIOD = 0
+# Images per evaluation batch over all processes.
+_C.TEST.IMS_PER_BATCH = 500

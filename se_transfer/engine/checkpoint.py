@@ -1,0 +1,119 @@
+"""Checkpoints that lose nothing: atomic writes, everything needed to resume bit for bit, weights_only loading."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .distributed import all_gather_object, get_rank, is_main_process
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """The RNG states of this process (torch CPU and CUDA, Python), as tensors and plain containers."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    state["python_version"] = random.getstate()[0]
+    state["python_gauss"] = random.getstate()[2]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Checkpointer:
+    """Saves and restores model, optimizer, scheduler, grad scaler, RNG states and the iteration.
+
+    Files: ``OUTPUT_DIR/model_{iter:07d}.pth``, ``model_final.pth`` and ``last_checkpoint`` (the newest file's name).
+    Only rank 0 writes; every rank's RNG state is gathered into the file so that each resumes its own.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, model: torch.nn.Module, **objects: Any) -> None:
+        self.output_dir = Path(output_dir)
+        self.model = model
+        self.objects = {k: v for k, v in objects.items() if v is not None}
+        self.extra_meta: dict[str, Any] = {}
+
+    def save(self, name: str, iteration: int) -> Path | None:
+        """Write ``name``.pth with everything needed to resume after ``iteration`` finished steps."""
+        rngs = all_gather_object(rng_state())  # collective: every rank must call save
+        if not is_main_process():
+            return None
+        data = {**self.extra_meta, "model": self.model.state_dict(), "iteration": iteration, "rng": rngs}
+        for key, obj in self.objects.items():
+            data[key] = obj.state_dict()
+        path = atomic_torch_save(data, self.output_dir / f"{name}.pth")
+        atomic_write_text(self.output_dir / LAST_CHECKPOINT, path.name)
+        logger.info("saved checkpoint %s (iteration %d)", path, iteration)
+        return path
+
+    def last_checkpoint(self) -> Path | None:
+        """The file named in OUTPUT_DIR/last_checkpoint, if any."""
+        marker = self.output_dir / LAST_CHECKPOINT
+        if not marker.is_file():
+            return None
+        path = self.output_dir / marker.read_text().strip()
+        if not path.is_file():
+            raise FileNotFoundError(f"{marker} names {path.name}, which does not exist in {self.output_dir}")
+        return path
+
+    def resume(self) -> int:
+        """Restore the newest checkpoint completely; return the number of finished iterations (0 if none)."""
+        path = self.last_checkpoint()
+        if path is None:
+            logger.info("no checkpoint in %s: starting from the beginning", self.output_dir)
+            return 0
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise RuntimeError(f"cannot resume from {path}: {e}") from e
+        missing = [k for k in ("model", "iteration", *self.objects) if k not in data]
+        if missing:
+            raise RuntimeError(f"cannot resume from {path}: it lacks {missing}")
+        self.model.load_state_dict(data["model"])
+        for key, obj in self.objects.items():
+            obj.load_state_dict(data[key])
+        rngs = data.get("rng") or []
+        if len(rngs) > get_rank():
+            set_rng_state(rngs[get_rank()])
+        logger.info("resumed from %s at iteration %d", path, data["iteration"])
+        return int(data["iteration"])

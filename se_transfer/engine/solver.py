@@ -1,0 +1,56 @@
+"""Optimizers and learning-rate schedules (per-iteration LambdaLR: warm-up, then multistep, cosine or constant)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def build_optimizer(
+    model: torch.nn.Module,
+    name: str,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    nesterov: bool = False,
+) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW over the trainable parameters, weight decay on all (the papers' recipes)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (everything frozen?)")
+    if name == "SGD":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    if name == "AdamW":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
+
+
+def lr_factor(
+    iteration: int,
+    max_iter: int,
+    scheduler: str,
+    steps: Sequence[int] = (),
+    gamma: float = 0.1,
+    warmup_iters: int = 0,
+    warmup_factor: float = 0.1,
+) -> float:
+    """Multiplier of the base LR at ``iteration`` (0-based); steps are in iterations."""
+    if scheduler == "multistep":
+        factor = gamma ** sum(1 for s in steps if iteration >= s)
+    elif scheduler == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(iteration, max_iter) / max(1, max_iter)))
+    elif scheduler == "constant":
+        factor = 1.0
+    else:
+        raise ValueError(f"SOLVER.LR_SCHEDULER must be 'multistep', 'cosine' or 'constant', got {scheduler!r}")
+    if iteration < warmup_iters:
+        alpha = iteration / warmup_iters
+        factor *= warmup_factor * (1 - alpha) + alpha
+    return factor
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, **kwargs) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped once per iteration with ``lr_factor(iteration, **kwargs)``."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, **kwargs))

@@ -1,0 +1,76 @@
+import pytest
+
+from se_transfer.config import ConfigError, get_cfg, load_config
+
+ROOT_CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_every_default_key_is_documented():
+    text = (ROOT_CONFIGS.parent / "se_transfer" / "config" / "defaults.py").read_text().splitlines()
+    for i, line in enumerate(text):
+        if line.startswith("_C.") and " = " in line and "CN(" not in line:
+            above = text[i - 1].strip()
+            assert above.startswith("#") or text[i - 1].startswith("_C."), f"undocumented key: {line}"
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.5\n  STEPS: [10, 20]\nSEED: 3\n")
+    (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\nSOLVER:\n  BASE_LR: 0.2\nMODEL:\n  ARCH: resnet110\n")
+    cfg = load_config(
+        tmp_path / "child.yaml", ["SOLVER.MAX_ITER", "100", "SOLVER.STEPS", "(5, 7)", "MODEL.KWARGS.reduction", "8"]
+    )
+    assert cfg.SOLVER.BASE_LR == 0.2 and cfg.SEED == 3 and cfg.MODEL.ARCH == "resnet110"
+    assert cfg.SOLVER.MAX_ITER == 100 and cfg.SOLVER.STEPS == (5, 7) and cfg.MODEL.KWARGS.reduction == 8
+    assert cfg.is_frozen()
+    assert get_cfg().SOLVER.BASE_LR == 0.1  # defaults untouched
+
+
+@pytest.mark.parametrize(
+    "yaml_text,opts,match",
+    [
+        ("SOLVER:\n  BASE_LRR: 0.1\n", [], "unknown config key 'SOLVER.BASE_LRR'; did you mean SOLVER.BASE_LR"),
+        ("", ["SOLVER.BASE_LRR", "0.1"], "unknown config key 'SOLVER.BASE_LRR'"),
+        ("", ["MODLE.ARCH", "x"], "unknown config key 'MODLE.ARCH'; did you mean MODEL.ARCH"),
+        ("", ["SOLVER.MAX_ITER", "ten"], "SOLVER.MAX_ITER must be of type int"),
+        ("SOLVER: 3\n", [], "SOLVER is a group of keys"),
+        ("", ["SOLVER.MAX_ITER"], "KEY VALUE pairs"),
+        ("[1, 2]\n", [], "must be a mapping"),
+        ("_BASE_: missing.yaml\n", [], "config file not found"),
+    ],
+)
+def test_bad_configs_are_named_errors(tmp_path, yaml_text, opts, match):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(f, opts)
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    f = tmp_path / "evil.yaml"
+    f.write_text("SEED: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(f)
+
+
+def test_shipped_cifar_configs_load_with_their_recipes():
+    configs = sorted((ROOT_CONFIGS / "cifar").glob("[!_]*.yaml"))
+    assert len(configs) == 16
+    for f in configs:
+        cfg = load_config(f)
+        assert f.stem.startswith(cfg.MODEL.ARCH) and f.stem.endswith(cfg.DATA.DATASET)
+    r110 = load_config(ROOT_CONFIGS / "cifar" / "se_resnet110_cifar10.yaml")
+    assert (r110.SOLVER.BASE_LR, r110.SOLVER.WEIGHT_DECAY, r110.SOLVER.EPOCHS, r110.SOLVER.STEPS) == (
+        0.1,
+        1e-4,
+        164,
+        (81, 122),
+    )
+    wrn = load_config(ROOT_CONFIGS / "cifar" / "wrn16_8_cifar100.yaml")
+    assert wrn.SOLVER.NESTEROV and wrn.SOLVER.GAMMA == 0.2 and wrn.SOLVER.STEPS == (60, 120, 160)
+    se = load_config(ROOT_CONFIGS / "cifar" / "se_shake_even29_2x4x64d_cifar100.yaml")
+    assert (se.SOLVER.IMS_PER_BATCH, se.SOLVER.BASE_LR, se.DATA.CUTOUT, se.SOLVER.LR_SCHEDULER) == (
+        32,
+        0.025,
+        8,
+        "cosine",
+    )

@@ -18,6 +18,7 @@ from torch import nn
 from torch.autograd.function import FunctionCtx
 
 from .factory import register_model
+from .resnet import init_weights
 from .se import SEModule
 
 SHORTCUT_TYPES = ("A", "B")
@@ -61,7 +62,7 @@ class _CifarNet(nn.Module):
         self.input_norm: dict | None = None  # set by the weight loader when a checkpoint carries one
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
-        _init_weights(self)
+        init_weights(self)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """The first convolution (and what follows it before the first stage)."""
@@ -91,20 +92,6 @@ class _CifarNet(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if isinstance(self.fc, nn.Linear):
             nn.init.zeros_(self.fc.bias)
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out) convolutions, BN weight 1 and bias 0, zero classifier bias."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
 
 
 class ShortcutA(nn.Module):

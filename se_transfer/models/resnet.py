@@ -61,6 +61,20 @@ def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal (fan_out) convolutions, BN weight 1 and bias 0, zero biases of convolutions and classifiers."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 class _SEOptions(NamedTuple):
     variant: str
     reduction: int
@@ -372,14 +386,7 @@ class ResNet(nn.Module):
         return nn.Sequential(OrderedDict(mods))
 
     def _init_weights(self, zero_init_last: bool) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
         if zero_init_last:
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):

@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..config import CfgNode
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
-from ..engine import (
-    Checkpointer,
-    CheckpointHook,
-    EvalHook,
-    LoggingHook,
-    MetricsWriter,
-    Trainer,
-    build_lr_scheduler,
-    build_optimizer,
-    default_setup,
-    format_table,
-    get_rank,
-    get_world_size,
-    is_main_process,
-    plot_metrics,
-)
-from ..engine.distributed import all_reduce_sum
-from ..engine.events import truncate_metrics
+from ..engine import MetricsWriter, default_setup, format_table, get_rank, get_world_size, is_main_process
+from ..engine.distributed import all_reduce_sum, synchronize
+from ..engine.runner import run_training, wrap_for_training
 from ..models import create_model
 from ..models.weights import checkpoint_metadata
 
@@ -67,8 +50,6 @@ def load_data(cfg: CfgNode) -> tuple[CifarData, CifarData]:
         if not folder.is_dir():
             logger.info("DATA.GENERATE_DEMO: writing a generated %s set to %s", cfg.DATA.DATASET, root)
             write_fake_cifar(root, cfg.DATA.DATASET, seed=cfg.SEED)
-    from ..engine.distributed import synchronize
-
     synchronize()
     return load_cifar(root, cfg.DATA.DATASET, "train"), load_cifar(root, cfg.DATA.DATASET, "test")
 
@@ -133,7 +114,7 @@ def _schedule(cfg: CfgNode, iters_per_epoch: int) -> tuple[int, int, list[int]]:
 
 def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train (or with ``eval_only`` just evaluate) a CIFAR classifier as ``cfg`` says; return the final metrics."""
-    device = default_setup(cfg)
+    cfg, device = default_setup(cfg)
     train_set, test_set = load_data(cfg)
     model = build_model(cfg, train_set.num_classes).to(device)
     if cfg.MODEL.CHANNELS_LAST:
@@ -155,70 +136,23 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
     train_loader = _loader(cfg, train_set, True, device)
     ipe = len(train_loader)
     max_iter, stop_iter, steps = _schedule(cfg, ipe)
-    optimizer = build_optimizer(
+    _, results = run_training(
+        cfg,
         model,
-        cfg.SOLVER.OPTIMIZER,
-        cfg.SOLVER.BASE_LR,
-        cfg.SOLVER.MOMENTUM,
-        cfg.SOLVER.WEIGHT_DECAY,
-        cfg.SOLVER.NESTEROV,
-    )
-    scheduler = build_lr_scheduler(
-        optimizer,
-        max_iter=max_iter,
-        scheduler=cfg.SOLVER.LR_SCHEDULER,
-        steps=steps,
-        gamma=cfg.SOLVER.GAMMA,
-        warmup_iters=cfg.SOLVER.WARMUP_ITERS,
-        warmup_factor=cfg.SOLVER.WARMUP_FACTOR,
-    )
-    train_model: nn.Module = model
-    if get_world_size() > 1:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.MODEL.COMPILE:
-        train_model = torch.compile(train_model, mode=None if cfg.MODEL.COMPILE == "default" else cfg.MODEL.COMPILE)
-
-    trainer = Trainer(
-        train_model,
-        optimizer,
-        scheduler,
+        wrap_for_training(cfg, model, device),
         batches=lambda start: _batches(train_loader, start),
         loss_fn=_cross_entropy,
+        eval_fn=lambda: evaluate(model, test_loader, amp_dtype),
+        device=device,
         max_iter=max_iter,
         stop_iter=stop_iter,
-        amp=cfg.SOLVER.AMP,
-        clip_grad_norm=cfg.SOLVER.CLIP_GRAD_NORM,
-        device=device,
-        ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
+        steps=steps,
+        iters_per_epoch=ipe,
+        resume=resume,
+        # lets create_model(pretrained=model_final.pth) rebuild the same flavour of an ImageNet-family model
+        checkpoint_meta=checkpoint_metadata(model) if hasattr(model, "arch_kwargs") else None,
     )
-    checkpointer = Checkpointer(cfg.OUTPUT_DIR, model, optimizer=optimizer, scheduler=scheduler, scaler=trainer.scaler)
-    if hasattr(model, "arch_kwargs"):  # lets create_model(pretrained=model_final.pth) rebuild the same flavour
-        checkpointer.extra_meta = checkpoint_metadata(model)
-    start_iter = checkpointer.resume() if resume else 0
-    writer = None
-    if is_main_process():
-        # A resumed run rewrites what came after its checkpoint; a fresh run starts a fresh file.
-        truncate_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl", start_iter)
-        writer = MetricsWriter(cfg.OUTPUT_DIR)
-    trainer.register_hooks(
-        [
-            LoggingHook(cfg.LOG_PERIOD, writer, ipe),
-            CheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
-            EvalHook(cfg.TEST.EVAL_PERIOD, lambda: evaluate(model, test_loader, amp_dtype), writer),
-        ]
-    )
-    t0 = time.perf_counter()
-    try:
-        trainer.train(start_iter)
-    finally:
-        if writer is not None:
-            writer.close()
-    results = dict(trainer.last_eval)
-    results["train_time_s"] = time.perf_counter() - t0
-    results["iterations"] = trainer.iter
-    if is_main_process():
-        results["plots"] = [str(p) for p in plot_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl", cfg.OUTPUT_DIR)]
-    _print_summary(cfg, results, trainer.start_iter)
+    _print_summary(cfg, results, results["start_iter"])
     return results
 
 

@@ -103,6 +103,8 @@ def _merge_dict(cfg: CfgNode, data: dict, source: str, root: CfgNode, prefix: st
                 raise ConfigError(f"{source}: {full} is a group of keys; give a mapping, got {value!r}")
             _merge_dict(cfg[key], value, source, root, full + ".")
         else:
+            if isinstance(value, str) and not isinstance(cfg[key], str):
+                value = _parse_literal(value)  # detectron2's YAML style: STEPS: (120000, 160000)
             cfg[key] = _coerce(value, cfg[key], full, source)
 
 

@@ -22,7 +22,7 @@ _C.MODEL.ARCH = "se_resnet20"
 _C.MODEL.WEIGHTS = ""
 # "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N".
 _C.MODEL.DEVICE = "auto"
-# Classifier outputs; 0 takes the data set's number of classes.
+# Classifier outputs (classification) or object classes without background (detection); 0: the data set's count.
 _C.MODEL.NUM_CLASSES = 0
 # Extra constructor arguments of the model (e.g. {"reduction": 8, "se_variant": "post"}); unknown names are errors.
 _C.MODEL.KWARGS = CN(new_allowed=True)
@@ -30,6 +30,30 @@ _C.MODEL.KWARGS = CN(new_allowed=True)
 _C.MODEL.CHANNELS_LAST = False
 # torch.compile mode: "" (eager), "default", "reduce-overhead" (CUDA graphs) or "max-autotune".
 _C.MODEL.COMPILE = ""
+
+# Detection backbone (the ImageNet-family MODEL.ARCH, used as res2..res5 features).
+_C.MODEL.BACKBONE = CN()
+# Freeze the stem (1), stem + res2 (2, Detectron's default), ... res5 (5); 0 trains everything.
+_C.MODEL.BACKBONE.FREEZE_AT = 2
+# Normalisation layers of the backbone: "FrozenBN" (Detectron's choice for fine-tuning) or "BN".
+_C.MODEL.BACKBONE.NORM = "FrozenBN"
+_C.MODEL.FPN = CN()
+# Channels of the FPN outputs P2-P6.
+_C.MODEL.FPN.OUT_CHANNELS = 256
+_C.MODEL.RPN = CN()
+# Proposals kept per image before / after NMS (training and test), and anchors sampled per image for the RPN loss.
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.ROI_HEADS = CN()
+# RoIs sampled per image for the box head loss.
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+# Test: detections with a lower score are dropped; NMS IoU threshold; detections kept per image.
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+_C.MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE = 100
 
 _C.DATA = CN()
 # Data set: "cifar10" or "cifar100".
@@ -40,6 +64,32 @@ _C.DATA.ROOT = "./datasets"
 _C.DATA.GENERATE_DEMO = False
 # Cutout square side in pixels for training (0: off; the paper's recipes: 16 for CIFAR-10, 8 for CIFAR-100).
 _C.DATA.CUTOUT = 0
+
+# Detection inputs: the shorter side is resized to a size drawn from MIN_SIZE_TRAIN (one value: single scale) with the
+# longer side at most MAX_SIZE_TRAIN; tests use MIN_SIZE_TEST / MAX_SIZE_TEST. FLIP_PROB: horizontal flips in training.
+_C.INPUT = CN()
+_C.INPUT.MIN_SIZE_TRAIN = (800,)
+_C.INPUT.MAX_SIZE_TRAIN = 1333
+_C.INPUT.MIN_SIZE_TEST = 800
+_C.INPUT.MAX_SIZE_TEST = 1333
+_C.INPUT.FLIP_PROB = 0.5
+
+# Detection data sets by registered name (se_transfer.data.coco.COCO_DATASETS), all under DATA.ROOT. The paper's
+# minival protocol: TRAIN ("coco_2014_train", "coco_2014_valminusminival") = train2017, TEST ("coco_2014_minival",)
+# = val2017.
+_C.DATASETS = CN()
+_C.DATASETS.TRAIN = ("coco_2017_train",)
+_C.DATASETS.TEST = ("coco_2017_val",)
+
+_C.DATALOADER = CN()
+# Worker processes per training process that read and augment images (detection).
+_C.DATALOADER.NUM_WORKERS = 4
+# Batch images of one orientation (landscape / portrait) together: less padding.
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True
+# Leave out of training the images without usable annotations.
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+# A missing image file: False stops with an error naming it; True leaves it out, counted and reported.
+_C.DATALOADER.SKIP_MISSING_IMAGES = False
 
 _C.SOLVER = CN()
 # "SGD" (with MOMENTUM and NESTEROV) or "AdamW".
@@ -70,6 +120,10 @@ _C.SOLVER.CHECKPOINT_PERIOD = 5000
 _C.SOLVER.CLIP_GRAD_NORM = 0.0
 # Mixed precision: "none", "bf16" or "fp16" (fp16 uses a gradient scaler).
 _C.SOLVER.AMP = "none"
+# The linear scaling rule, applied only when set (> 0) and different from the number of processes: IMS_PER_BATCH and
+# BASE_LR are multiplied by world_size / REFERENCE_WORLD_SIZE; MAX_ITER, STEPS, WARMUP_ITERS, CHECKPOINT_PERIOD and
+# TEST.EVAL_PERIOD divided by it (detectron2's rule). The scaled values are logged and written to config.yaml.
+_C.SOLVER.REFERENCE_WORLD_SIZE = 0
 
 _C.TEST = CN()
 # Iterations between evaluations during training (0: none); training always ends with one.

@@ -78,3 +78,19 @@ def test_resume_without_checkpoint_and_with_a_dangling_marker(tmp_path):
     (tmp_path / "last_checkpoint").write_text("model_0000100.pth")
     with pytest.raises(FileNotFoundError, match="model_0000100.pth"):
         Checkpointer(tmp_path, model).resume()
+
+
+def test_linear_scaling_rule_is_applied_only_when_asked():
+    from se_transfer.config import load_config
+    from se_transfer.engine.setup import apply_linear_scaling
+
+    opts = ["SOLVER.IMS_PER_BATCH", "16", "SOLVER.BASE_LR", "0.02", "SOLVER.MAX_ITER", "180000",
+            "SOLVER.STEPS", "(120000, 160000)", "SOLVER.WARMUP_ITERS", "500"]  # fmt: skip
+    cfg = load_config(None, opts)
+    assert apply_linear_scaling(cfg, 2) is cfg  # no REFERENCE_WORLD_SIZE: nothing changes, silently by design
+    scaled = apply_linear_scaling(load_config(None, opts + ["SOLVER.REFERENCE_WORLD_SIZE", "8"]), 2)
+    s = scaled.SOLVER
+    assert (s.IMS_PER_BATCH, s.MAX_ITER, s.STEPS, s.WARMUP_ITERS) == (4, 720000, (480000, 640000), 2000)
+    assert s.BASE_LR == pytest.approx(0.005)
+    with pytest.raises(ValueError, match="whole number"):
+        apply_linear_scaling(load_config(None, opts + ["SOLVER.REFERENCE_WORLD_SIZE", "3"]), 2)

@@ -1,0 +1,105 @@
+"""The training run every task shares: solver, trainer, checkpointer, resume, records, hooks, plots."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import CfgNode
+from .checkpoint import Checkpointer
+from .distributed import is_main_process
+from .events import MetricsWriter, plot_metrics, truncate_metrics
+from .solver import build_lr_scheduler, build_optimizer
+from .trainer import CheckpointHook, EvalHook, LoggingHook, LossFn, Trainer
+
+
+def run_training(
+    cfg: CfgNode,
+    model: nn.Module,
+    train_model: nn.Module,
+    batches: Callable[[int], Iterator[Any]],
+    loss_fn: LossFn,
+    eval_fn: Callable[[], dict[str, float]],
+    device: torch.device,
+    max_iter: int,
+    stop_iter: int,
+    steps: Sequence[int],
+    iters_per_epoch: int = 0,
+    resume: bool = False,
+    checkpoint_meta: dict[str, Any] | None = None,
+) -> tuple[Trainer, dict[str, Any]]:
+    """Train ``train_model`` (``model`` wrapped by DDP / compile, or itself) as cfg.SOLVER says; evaluate at the end.
+
+    Returns the trainer and the final results: the last evaluation plus train_time_s, iterations and plots.
+    """
+    s = cfg.SOLVER
+    optimizer = build_optimizer(model, s.OPTIMIZER, s.BASE_LR, s.MOMENTUM, s.WEIGHT_DECAY, s.NESTEROV)
+    scheduler = build_lr_scheduler(
+        optimizer,
+        max_iter=max_iter,
+        scheduler=s.LR_SCHEDULER,
+        steps=list(steps),
+        gamma=s.GAMMA,
+        warmup_iters=s.WARMUP_ITERS,
+        warmup_factor=s.WARMUP_FACTOR,
+    )
+    trainer = Trainer(
+        train_model,
+        optimizer,
+        scheduler,
+        batches=batches,
+        loss_fn=loss_fn,
+        max_iter=max_iter,
+        stop_iter=stop_iter,
+        amp=s.AMP,
+        clip_grad_norm=s.CLIP_GRAD_NORM,
+        device=device,
+        ims_per_batch=s.IMS_PER_BATCH,
+    )
+    checkpointer = Checkpointer(cfg.OUTPUT_DIR, model, optimizer=optimizer, scheduler=scheduler, scaler=trainer.scaler)
+    checkpointer.extra_meta = dict(checkpoint_meta or {})
+    start_iter = checkpointer.resume() if resume else 0
+    writer = None
+    if is_main_process():
+        # A resumed run rewrites what came after its checkpoint; a fresh run starts a fresh file.
+        truncate_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl", start_iter)
+        writer = MetricsWriter(cfg.OUTPUT_DIR)
+    trainer.register_hooks(
+        [
+            LoggingHook(cfg.LOG_PERIOD, writer, iters_per_epoch),
+            CheckpointHook(checkpointer, s.CHECKPOINT_PERIOD),
+            EvalHook(cfg.TEST.EVAL_PERIOD, eval_fn, writer),
+        ]
+    )
+    t0 = time.perf_counter()
+    try:
+        trainer.train(start_iter)
+    finally:
+        if writer is not None:
+            writer.close()
+    results: dict[str, Any] = dict(trainer.last_eval)
+    results["train_time_s"] = time.perf_counter() - t0
+    results["iterations"] = trainer.iter
+    results["start_iter"] = start_iter
+    if is_main_process():
+        results["plots"] = [str(p) for p in plot_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl", cfg.OUTPUT_DIR)]
+    return trainer, results
+
+
+def wrap_for_training(cfg: CfgNode, model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP around the model when several processes train, then torch.compile when MODEL.COMPILE asks for it."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .distributed import get_world_size
+
+    train_model: nn.Module = model
+    if get_world_size() > 1:
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.MODEL.COMPILE:
+        train_model = torch.compile(train_model, mode=None if cfg.MODEL.COMPILE == "default" else cfg.MODEL.COMPILE)
+    return train_model

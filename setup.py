@@ -32,6 +32,8 @@ setup(
             "se-complexity=se_transfer.cli:complexity_main",
             "se-convert-weights=se_transfer.cli:convert_weights_main",
             "se-train=se_transfer.cli:train_main",
+            "se-eval-coco=se_transfer.detection.evaluation:eval_coco_main",
+            "se-visualize-coco=se_transfer.detection.visualize:visualize_main",
         ]
     },
 )

@@ -150,15 +150,17 @@ def train_argument_parser() -> argparse.ArgumentParser:
 
 
 def _train_worker(cfg, eval_only: bool, resume: bool) -> None:
+    from .config import ConfigError
     from .engine.events import setup_logger
 
     setup_logger(None)
     if cfg.TASK == "classification":
         from .classification.cifar import run
-
-        run(cfg, eval_only=eval_only, resume=resume)
+    elif cfg.TASK == "detection":
+        from .detection.task import run
     else:
-        raise ValueError(f"TASK must be 'classification' (detection arrives later), got {cfg.TASK!r}")
+        raise ConfigError(f"TASK must be 'classification' or 'detection', got {cfg.TASK!r}")
+    run(cfg, eval_only=eval_only, resume=resume)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

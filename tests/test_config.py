@@ -74,3 +74,19 @@ def test_shipped_cifar_configs_load_with_their_recipes():
         8,
         "cosine",
     )
+
+
+def test_shipped_coco_configs_hold_the_detectron_2x_schedule():
+    names = ["resnet50", "se_resnet50", "resnet101", "se_resnet101"]
+    for name in names:
+        cfg = load_config(ROOT_CONFIGS / "coco" / f"faster_rcnn_{name}_fpn_2x.yaml")
+        s = cfg.SOLVER
+        assert cfg.TASK == "detection" and cfg.MODEL.ARCH == name and cfg.MODEL.WEIGHTS == ""
+        assert (s.IMS_PER_BATCH, s.BASE_LR, s.MAX_ITER, s.STEPS) == (16, 0.02, 180000, (120000, 160000))
+        assert (s.WARMUP_ITERS, s.WARMUP_FACTOR, s.WEIGHT_DECAY, s.MOMENTUM) == (500, pytest.approx(1 / 3), 1e-4, 0.9)
+        assert (cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST) == ((800,), 1333, 800)
+        assert cfg.DATASETS.TRAIN == ("coco_2014_train", "coco_2014_valminusminival")
+        assert cfg.DATASETS.TEST == ("coco_2014_minival",)
+        assert (cfg.MODEL.BACKBONE.FREEZE_AT, cfg.MODEL.BACKBONE.NORM) == (2, "FrozenBN")
+        one_x = load_config(ROOT_CONFIGS / "coco" / f"faster_rcnn_{name}_fpn_1x.yaml")
+        assert (one_x.SOLVER.MAX_ITER, one_x.SOLVER.STEPS) == (90000, (60000, 80000))

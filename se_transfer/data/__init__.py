@@ -1,19 +1,48 @@
 """Data sets and batched augmentations: CIFAR-10/100 reading, fake-data writing and a device-resident loader."""
 
 from .cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, DatasetError, load_cifar, write_fake_cifar
+from .coco import (
+    COCO_2014_TRAIN_PAIR,
+    COCO_DATASETS,
+    AspectRatioGroupedBatchSampler,
+    CocoDetection,
+    InferenceBatchSampler,
+    build_detection_loader,
+    collate_detection,
+    infinite_batches,
+    read_rgb_image,
+    resolve_coco_dataset,
+    resolve_coco_datasets,
+    write_demo_coco,
+)
 from .transforms import (
     CropFlipParams,
     CutoutParams,
+    DetectionTransform,
     apply_crop_flip,
     apply_cutout,
     cutout,
     normalize,
     random_crop_flip,
+    resize_shortest_edge_size,
     sample_crop_flip,
     sample_cutout,
 )
 
 __all__ = [
+    "COCO_2014_TRAIN_PAIR",
+    "COCO_DATASETS",
+    "AspectRatioGroupedBatchSampler",
+    "CocoDetection",
+    "DetectionTransform",
+    "InferenceBatchSampler",
+    "build_detection_loader",
+    "collate_detection",
+    "infinite_batches",
+    "read_rgb_image",
+    "resolve_coco_dataset",
+    "resolve_coco_datasets",
+    "write_demo_coco",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "CifarData",
@@ -27,6 +56,7 @@ __all__ = [
     "load_cifar",
     "normalize",
     "random_crop_flip",
+    "resize_shortest_edge_size",
     "sample_crop_flip",
     "sample_cutout",
     "write_fake_cifar",

@@ -4,26 +4,34 @@ Everything here works on a whole batch at once (N x C x H x W) on any device wit
 randomness from an explicit ``torch.Generator`` so that the same generator state gives the same augmentation (this is
 what makes a resumed run bit-exact). Each random transform is split into ``sample_*`` (draw the parameters, on the
 generator's device) and ``apply_*`` (apply given parameters, on the images' device), so a caller can draw parameters for
-a global batch and apply only its own slice of them. Albumentations-based transforms for the other tasks (detection,
-scene classification) will be added to this module later.
+a global batch and apply only its own slice of them.
+
+The second section holds per-image, box-aware transforms for detection (:class:`DetectionTransform`), built on
+albumentations. Albumentations is imported lazily inside them, so importing this module stays light.
 """
 
 from __future__ import annotations
 
+import os
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "CropFlipParams",
     "CutoutParams",
+    "DetectionTransform",
     "apply_crop_flip",
     "apply_cutout",
     "cutout",
     "normalize",
     "random_crop_flip",
+    "resize_shortest_edge_size",
     "sample_crop_flip",
     "sample_cutout",
 ]
@@ -169,3 +177,100 @@ def normalize(
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Box-aware per-image transforms for detection (albumentations, imported lazily)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _albumentations() -> Any:
+    """The albumentations module, imported on first use (without its network update check)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations
+
+    return albumentations
+
+
+def resize_shortest_edge_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Output (height, width) when the shorter side goes to ``min_size`` with the longer side capped at ``max_size``.
+
+    The rule of detectron2's ResizeShortestEdge and torchvision's GeneralizedRCNNTransform:
+    ``scale = min_size / min(h, w)``; if ``max(h, w) * scale > max_size`` then ``scale = max_size / max(h, w)``; the new
+    size is ``(round(h * scale), round(w * scale))`` (at least 1 pixel). An image of that size is left as it is by a
+    GeneralizedRCNNTransform with the same (single) ``min_size`` and ``max_size``.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height} x {width}")
+    if min_size <= 0 or max_size <= 0:
+        raise ValueError(f"min_size and max_size must be positive, got {min_size} and {max_size}")
+    scale = min_size / min(height, width)
+    if max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+class DetectionTransform:
+    """Resize the shorter side (multi-scale in training) with the longer side capped, then flip: boxes follow along.
+
+    ``__call__(image, boxes, labels)`` takes an H x W x 3 uint8 image, N x 4 float boxes (x1, y1, x2, y2 in pixels,
+    'pascal_voc') and N labels (N may be 0) and returns the same three, transformed; boxes are clipped to the image.
+    The shorter side goes to a size drawn from ``min_sizes`` with Python's ``random`` (training: a random choice per
+    image; test: ``min_sizes[-1]``), capped so that the longer side is at most ``max_size``
+    (:func:`resize_shortest_edge_size`); in training the result is mirrored horizontally with probability
+    ``flip_prob``. All randomness comes from Python's ``random`` module, so ``random.seed`` makes it deterministic
+    (DataLoader workers seed ``random`` per worker from the loader's generator).
+
+    With a single size the model's GeneralizedRCNNTransform(min_size, max_size) then leaves the images as they are. For
+    multi-scale training the model's own transform must not pick a size again (give it each batch's size, or skip its
+    resize), since torchvision draws its own random min size in training.
+    """
+
+    def __init__(self, min_sizes: Sequence[int], max_size: int, flip_prob: float, train: bool) -> None:
+        sizes = [int(s) for s in ([min_sizes] if isinstance(min_sizes, int) else min_sizes)]
+        if not sizes or any(s <= 0 for s in sizes):
+            raise ValueError(f"min_sizes must be a non-empty list of positive sizes, got {min_sizes!r}")
+        if max_size <= 0:
+            raise ValueError(f"max_size must be positive, got {max_size}")
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        self.min_sizes = tuple(sizes)
+        self.max_size = int(max_size)
+        self.flip_prob = float(flip_prob)
+        self.train = bool(train)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(min_sizes={self.min_sizes}, max_size={self.max_size}, "
+            f"flip_prob={self.flip_prob}, train={self.train})"
+        )
+
+    def sample(self, height: int, width: int) -> tuple[int, int, bool]:
+        """Draw the output (height, width) and the flip flag for an image of ``height`` x ``width`` from ``random``."""
+        min_size = random.choice(self.min_sizes) if self.train else self.min_sizes[-1]
+        new_h, new_w = resize_shortest_edge_size(height, width, min_size, self.max_size)
+        flip = self.train and random.random() < self.flip_prob
+        return new_h, new_w, flip
+
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Transform one image (H x W x 3 uint8) with its N x 4 xyxy boxes and N labels."""
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}")
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if boxes.shape[0] != labels.shape[0]:
+            raise ValueError(f"got {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+        new_h, new_w, flip = self.sample(image.shape[0], image.shape[1])
+        A = _albumentations()
+        steps = [A.Resize(height=new_h, width=new_w)]
+        if flip:
+            steps.append(A.HorizontalFlip(p=1.0))
+        bbox_params = A.BboxParams(
+            format="pascal_voc", label_fields=["labels"], min_visibility=0.0, clip=True, filter_invalid_bboxes=True
+        )
+        out = A.Compose(steps, bbox_params=bbox_params)(image=image, bboxes=boxes, labels=labels)
+        out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        out_labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
+        return np.ascontiguousarray(out["image"]), out_boxes, out_labels

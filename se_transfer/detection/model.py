@@ -1,0 +1,161 @@
+"""Faster R-CNN + FPN (torchvision's implementation) on any registered backbone, SE or not."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ..models import create_model, read_checkpoint
+from ..models.resnet import ResNet
+from ..models.weights import IMAGENET_RGB, WeightsError
+
+logger = logging.getLogger(__name__)
+
+FPN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
+
+
+class BackboneWithFPN(nn.Module):
+    """A features_only backbone (res2..res5) followed by an FPN giving P2-P6 (P6 by max-pooling P5)."""
+
+    def __init__(self, body: ResNet, out_channels: int = 256) -> None:
+        super().__init__()
+        shapes = body.output_shape()
+        self.in_features = list(shapes)
+        if self.in_features != ["res2", "res3", "res4", "res5"]:
+            raise ValueError(f"the FPN needs res2..res5 from the backbone, got {self.in_features}")
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(
+            [shapes[n].channels for n in self.in_features], out_channels, extra_blocks=LastLevelMaxPool()
+        )
+        self.out_channels = out_channels
+        self.strides = {name: 4 * 2**i for i, name in enumerate(FPN_LEVELS)}
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """P2..P6 feature maps, finest first."""
+        feats = self.body(x)
+        out = self.fpn(OrderedDict((f"p{i + 2}", feats[n]) for i, n in enumerate(self.in_features)))
+        out["p6"] = out.pop("pool")
+        return out
+
+
+class NormalizingTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform, normalising RGB [0, 1] inputs as the backbone's weights expect.
+
+    ``input_norm`` (from the weight file): channel order RGB or BGR, pixel range 1 or 255, mean and std in that range.
+    """
+
+    def __init__(
+        self, min_size: int | Sequence[int], max_size: int, input_norm: Mapping[str, Any], resize: bool = True
+    ) -> None:
+        scale = float(input_norm["pixel_range"])
+        mean = [m / scale for m in input_norm["mean"]]
+        std = [s / scale for s in input_norm["std"]]
+        super().__init__(min_size, max_size, mean, std)
+        self.bgr = input_norm["channel_order"] == "BGR"
+        self.resize_inputs = resize
+
+    def resize(self, image: torch.Tensor, target: dict | None = None) -> tuple[torch.Tensor, dict | None]:
+        """torchvision's resize, or nothing when the data pipeline already resized (multi-scale stays intact)."""
+        if not self.resize_inputs:
+            return image, target
+        return super().resize(image, target)
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """Flip RGB -> BGR when the weights want it, then subtract mean and divide by std."""
+        return super().normalize(image.flip(0) if self.bgr else image)
+
+
+def _is_detector_checkpoint(state: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("roi_heads.", "rpn.")) for k in state)
+
+
+def build_faster_rcnn(
+    arch: str,
+    num_classes: int,
+    weights: str | os.PathLike | None = None,
+    freeze_at: int = 2,
+    norm: str = "FrozenBN",
+    fpn_channels: int = 256,
+    min_size: int | Sequence[int] = 800,
+    max_size: int = 1333,
+    backbone_kwargs: Mapping[str, Any] | None = None,
+    resize_inputs: bool = True,
+    **faster_rcnn_kwargs: Any,
+) -> FasterRCNN:
+    """Faster R-CNN + FPN with backbone ``arch`` for ``num_classes`` object classes (plus background).
+
+    ``weights``: an ImageNet checkpoint of the backbone in any layout ``create_model`` reads (its flavour and input
+    normalisation are used), or a whole-detector checkpoint of ours (loaded strictly). None: random initialisation,
+    with a loud warning. Anchors 32..512 on P2..P6 with ratios 0.5/1/2, RoIAlign 7x7 on P2..P5 (the FPN paper's setup).
+    ``resize_inputs=False``: the caller resizes (our data pipeline does, multi-scale included); the model only
+    normalises and batches, and returns boxes in the coordinates of the images it was given.
+    """
+    detector_state = None
+    backbone_weights = None
+    if weights:
+        state, _ = read_checkpoint(weights)
+        if _is_detector_checkpoint(state):
+            detector_state = state
+        else:
+            backbone_weights = weights
+    else:
+        logger.warning(
+            "MODEL.WEIGHTS is empty: the %s backbone starts from RANDOM initialisation. Detection results will be far "
+            "below the paper's; pass ImageNet weights (any public layout, see README) with MODEL.WEIGHTS",
+            arch,
+        )
+    body = create_model(
+        arch,
+        pretrained=backbone_weights,
+        features_only=True,
+        freeze_at=freeze_at,
+        norm=norm,
+        **dict(backbone_kwargs or {}),
+    )
+    if not isinstance(body, ResNet):
+        raise ValueError(f"{arch} is not an ImageNet-family backbone; detection needs one of its res2..res5 stages")
+    input_norm = body.input_norm or IMAGENET_RGB
+    backbone = BackboneWithFPN(body, fpn_channels)
+    anchors = AnchorGenerator(sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    roi_pool = MultiScaleRoIAlign(featmap_names=["p2", "p3", "p4", "p5"], output_size=7, sampling_ratio=2)
+    model = FasterRCNN(
+        backbone,
+        num_classes=num_classes + 1,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool,
+        **faster_rcnn_kwargs,
+    )
+    model.transform = NormalizingTransform(min_size, max_size, input_norm, resize=resize_inputs)
+    model.input_norm = dict(input_norm)
+    if detector_state is not None:
+        _load_detector(model, detector_state, weights)
+    return model
+
+
+def _load_detector(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    present = {k for k in state if not k.endswith("num_batches_tracked")}
+    problems = []
+    for label, keys in (("missing", sorted(set(expected) - present)), ("unexpected", sorted(present - set(expected)))):
+        if keys:
+            problems.append(
+                f"{label} tensors: {', '.join(keys[:8])}" + (f" ({len(keys)} in all)" if len(keys) > 8 else "")
+            )
+    shaped = [k for k in sorted(present & set(expected)) if state[k].shape != expected[k].shape]
+    if shaped:
+        problems.append("mis-shaped tensors: " + ", ".join(f"{k} {tuple(state[k].shape)}" for k in shaped[:8]))
+    if problems:
+        raise WeightsError(f"{path}: does not fit this detector: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+    logger.info("loaded the whole detector from %s", path)

@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Draw ground-truth boxes (green) and detections (red) of COCO images into PNG files."""
+
+import sys
+
+from se_transfer.detection.visualize import visualize_main
+
+if __name__ == "__main__":
+    sys.exit(visualize_main())

@@ -165,7 +165,8 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
     ipe = len(train_loader)
 
     def batches(start_iter: int) -> Iterator[tuple[list, list]]:
-        for batch in infinite_batches(train_loader, start_iter // max(1, ipe)):
+        # A resumed run continues with the same batch order (the random augmentations differ).
+        for batch in infinite_batches(train_loader, start_iter // ipe, start_iter % ipe):
             yield _to_device(batch, device)
 
     def loss_fn(m: nn.Module, batch: tuple[list, list]) -> dict[str, torch.Tensor]:

@@ -22,6 +22,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from .se import SEModule
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
+# Bottleneck "planes" of res2..res5 (outputs are 4x these for bottleneck blocks).
+RESNET_STAGE_PLANES = (64, 128, 256, 512)
 FEATURE_NAMES = ("stem",) + STAGE_NAMES
 SE_VARIANTS = ("standard", "pre", "post", "identity", "3x3")
 STEM_TYPES = ("7x7", "deep")
@@ -317,7 +319,7 @@ class ResNet(nn.Module):
 
         inplanes = stem_width
         for i in range(num_stages):
-            planes = 64 * 2**i
+            planes = RESNET_STAGE_PLANES[i]
             stride = 1 if i == 0 else 2
             out_channels = planes * block_cls.expansion
             stage_se = se_opts if (i + 2) in se_stages else None

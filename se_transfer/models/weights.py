@@ -464,18 +464,24 @@ def save_weights(model: ResNet, path: str | os.PathLike) -> Path:
     return path
 
 
+def detectron2_name(key: str) -> str | None:
+    """detectron2's name for one of our state-dict keys (None: not stored, e.g. num_batches_tracked)."""
+    if key.endswith("num_batches_tracked"):
+        return None
+    k = re.sub(r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}.", key)
+    k = re.sub(r"\.downsample\.0\.", ".shortcut.", k)
+    k = re.sub(r"\.downsample\.1\.", ".shortcut.norm.", k)
+    k = re.sub(r"(^|\.)bn(\d)\.", r"\1conv\2.norm.", k)
+    return re.sub(r"^fc\.", "linear.", k)
+
+
 def to_detectron2(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Rename our keys to detectron2's ResNet names (``res2.0.conv1.norm``, ``shortcut``, ``linear``) as numpy."""
     out = OrderedDict()
     for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        k = re.sub(r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}.", key)
-        k = re.sub(r"\.downsample\.0\.", ".shortcut.", k)
-        k = re.sub(r"\.downsample\.1\.", ".shortcut.norm.", k)
-        k = re.sub(r"(^|\.)bn(\d)\.", r"\1conv\2.norm.", k)
-        k = re.sub(r"^fc\.", "linear.", k)
-        out[k] = value.detach().cpu().numpy()
+        name = detectron2_name(key)
+        if name is not None:
+            out[name] = value.detach().cpu().numpy()
     return out
 
 

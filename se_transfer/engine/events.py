@@ -84,14 +84,14 @@ def truncate_metrics(path: str | os.PathLike, after_iteration: int) -> None:
 
 
 def plot_metrics(path: str | os.PathLike, output_dir: str | os.PathLike) -> list[Path]:
-    """PNG plots of every curve in metrics.jsonl: loss.png, lr.png and accuracy.png (those that have data)."""
+    """PNG plots of the curves in metrics.jsonl: loss.png, lr.png, accuracy.png (top-1/5), ap.png (COCO AP)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = read_metrics(path)
-    groups = {"loss": ["loss"], "lr": ["lr"], "accuracy": ["top1", "top5"]}
+    groups = {"loss": ["loss"], "lr": ["lr"], "accuracy": ["top1", "top5"], "ap": ["AP", "AP50", "AP75"]}
     written = []
     for name, keys in groups.items():
         series = {k: [(r["iteration"], r[k]) for r in records if k in r] for k in keys}
@@ -103,7 +103,7 @@ def plot_metrics(path: str | os.PathLike, output_dir: str | os.PathLike) -> list
             xs, ys = zip(*pts)
             ax.plot(xs, ys, label=k, marker="o" if len(pts) < 30 else None)
         ax.set_xlabel("iteration")
-        ax.set_ylabel(name + (" (%)" if name == "accuracy" else ""))
+        ax.set_ylabel(name + (" (%)" if name in ("accuracy", "ap") else ""))
         if name == "loss":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)

@@ -129,3 +129,4 @@ def test_generated_shapes_demo_reaches_ap50_of_50(tmp_path):
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses[-1] < losses[0]
     assert (out / "inference" / "coco_instances_results.json").is_file()
+    assert (out / "ap.png").is_file() and (out / "loss.png").is_file()

@@ -18,7 +18,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..models import create_model, read_checkpoint
 from ..models.resnet import ResNet
-from ..models.weights import IMAGENET_RGB, WeightsError
+from ..models.weights import IMAGENET_RGB, check_fit
 
 logger = logging.getLogger(__name__)
 
@@ -144,18 +144,6 @@ def build_faster_rcnn(
 
 
 def _load_detector(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    present = {k for k in state if not k.endswith("num_batches_tracked")}
-    problems = []
-    for label, keys in (("missing", sorted(set(expected) - present)), ("unexpected", sorted(present - set(expected)))):
-        if keys:
-            problems.append(
-                f"{label} tensors: {', '.join(keys[:8])}" + (f" ({len(keys)} in all)" if len(keys) > 8 else "")
-            )
-    shaped = [k for k in sorted(present & set(expected)) if state[k].shape != expected[k].shape]
-    if shaped:
-        problems.append("mis-shaped tensors: " + ", ".join(f"{k} {tuple(state[k].shape)}" for k in shaped[:8]))
-    if problems:
-        raise WeightsError(f"{path}: does not fit this detector: " + "; ".join(problems))
+    check_fit(model.state_dict(), state, path, "this detector")
     model.load_state_dict(state, strict=False)
     logger.info("loaded the whole detector from %s", path)

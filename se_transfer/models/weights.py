@@ -362,7 +362,7 @@ def build_pretrained(
 def load_state_dict_checked(model: ResNet, state: Mapping[str, torch.Tensor], path: str | os.PathLike = "") -> None:
     """Load a mapped state dict; re-initialise a head of another size, and name any other mismatch in an error."""
     state = dict(state)
-    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    expected = dict(model.state_dict())
     built = {f"layer{i}." for i in range(1, 5) if hasattr(model, f"layer{i}")}
 
     def unused_by_design(key: str) -> bool:
@@ -393,35 +393,41 @@ def load_state_dict_checked(model: ResNet, state: Mapping[str, torch.Tensor], pa
         expected.pop("fc.weight")
         expected.pop("fc.bias", None)
 
+    check_fit(expected, state, path, "the model")
+    model.load_state_dict(state, strict=False)
+
+
+def check_fit(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], path: str | os.PathLike, what: str
+) -> None:
+    """Raise a WeightsError naming every missing, unexpected and mis-shaped tensor of ``state`` against ``expected``.
+
+    BatchNorm's num_batches_tracked counters are ignored on both sides (old checkpoints and FrozenBN lack them).
+    """
+    want = {k: v for k, v in expected.items() if not k.endswith("num_batches_tracked")}
     present = {k for k in state if not k.endswith("num_batches_tracked")}
-    missing = sorted(set(expected) - present)
-    unexpected = sorted(present - set(expected))
     misshaped = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(present & set(expected))
-        if state[k].shape != expected[k].shape
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(want[k].shape)}"
+        for k in sorted(present & set(want))
+        if state[k].shape != want[k].shape
     ]
     problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+    for label, items in (
+        ("missing", sorted(set(want) - present)),
+        ("unexpected", sorted(present - set(want))),
+        ("mis-shaped", misshaped),
+    ):
         if items:
             shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
             problems.append(f"{label} tensors: {shown}")
     if problems:
-        raise _fail(path, "does not fit the model: " + "; ".join(problems))
-    model.load_state_dict(state, strict=False)
+        raise _fail(path, f"does not fit {what}: " + "; ".join(problems))
 
 
 def load_plain_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Load our own (or a bare) state dict into a model of a family without public layouts, strictly."""
     state, _ = read_checkpoint(path)
-    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    present = {k for k in state if not k.endswith("num_batches_tracked")}
-    misshaped = [k for k in present & set(expected) if state[k].shape != expected[k].shape]
-    problems = {"missing": sorted(set(expected) - present), "unexpected": sorted(present - set(expected))}
-    problems["mis-shaped"] = sorted(misshaped)
-    text = "; ".join(f"{k} tensors: {', '.join(v[:8])}" for k, v in problems.items() if v)
-    if text:
-        raise _fail(path, f"does not fit {getattr(model, 'arch_name', type(model).__name__)}: {text}")
+    check_fit(model.state_dict(), state, path, getattr(model, "arch_name", type(model).__name__))
     model.load_state_dict(state, strict=False)
 
 

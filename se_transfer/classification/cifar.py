@@ -15,9 +15,9 @@ from ..config import CfgNode
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
 from ..engine import MetricsWriter, default_setup, format_table, get_rank, get_world_size, is_main_process
 from ..engine.distributed import all_reduce_sum, synchronize
-from ..engine.runner import run_training, wrap_for_training
-from ..models import create_model
+from ..engine.runner import run_training, schedule_from_cfg, wrap_for_training
 from ..models.weights import checkpoint_metadata
+from .model import build_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,6 @@ def load_data(cfg: CfgNode) -> tuple[CifarData, CifarData]:
             write_fake_cifar(root, cfg.DATA.DATASET, seed=cfg.SEED)
     synchronize()
     return load_cifar(root, cfg.DATA.DATASET, "train"), load_cifar(root, cfg.DATA.DATASET, "test")
-
-
-def build_model(cfg: CfgNode, num_classes: int) -> nn.Module:
-    """The model of MODEL.ARCH with MODEL.KWARGS and, if given, MODEL.WEIGHTS."""
-    n = cfg.MODEL.NUM_CLASSES or num_classes
-    return create_model(cfg.MODEL.ARCH, num_classes=n, pretrained=cfg.MODEL.WEIGHTS or None, **dict(cfg.MODEL.KWARGS))
 
 
 def _loader(cfg: CfgNode, data: CifarData, train: bool, device: torch.device) -> CifarLoader:
@@ -97,26 +91,11 @@ def evaluate(model: nn.Module, loader: CifarLoader, amp_dtype: torch.dtype | Non
     return {"top1": acc1, "top5": acc5, "top1_err": 100.0 - acc1, "top5_err": 100.0 - acc5, "num_images": int(total)}
 
 
-def _schedule(cfg: CfgNode, iters_per_epoch: int) -> tuple[int, int, list[int]]:
-    """(schedule length, iteration to stop at, LR milestones in iterations) from SOLVER.EPOCHS / MAX_ITER / STEPS."""
-    s = cfg.SOLVER
-    if s.EPOCHS > 0:
-        max_iter = s.EPOCHS * iters_per_epoch
-        steps = [int(round(e * iters_per_epoch)) for e in s.STEPS]
-        stop = min(max_iter, s.MAX_ITER) if s.MAX_ITER > 0 else max_iter
-    elif s.MAX_ITER > 0:
-        max_iter = stop = s.MAX_ITER
-        steps = [int(x) for x in s.STEPS]
-    else:
-        raise ValueError("set SOLVER.EPOCHS or SOLVER.MAX_ITER to a positive number")
-    return max_iter, stop, steps
-
-
 def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train (or with ``eval_only`` just evaluate) a CIFAR classifier as ``cfg`` says; return the final metrics."""
     cfg, device = default_setup(cfg)
     train_set, test_set = load_data(cfg)
-    model = build_model(cfg, train_set.num_classes).to(device)
+    model = build_classifier(cfg, train_set.num_classes).to(device)
     if cfg.MODEL.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.SOLVER.AMP]
@@ -135,7 +114,7 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
 
     train_loader = _loader(cfg, train_set, True, device)
     ipe = len(train_loader)
-    max_iter, stop_iter, steps = _schedule(cfg, ipe)
+    max_iter, stop_iter, steps = schedule_from_cfg(cfg, ipe)
     _, results = run_training(
         cfg,
         model,

@@ -31,12 +31,12 @@ _C.MODEL.CHANNELS_LAST = False
 # torch.compile mode: "" (eager), "default", "reduce-overhead" (CUDA graphs) or "max-autotune".
 _C.MODEL.COMPILE = ""
 
-# Detection backbone (the ImageNet-family MODEL.ARCH, used as res2..res5 features).
+# The trunk of an ImageNet-family MODEL.ARCH (detection: its res2..res5 feed the FPN; classification: fine-tuning).
 _C.MODEL.BACKBONE = CN()
-# Freeze the stem (1), stem + res2 (2, Detectron's default), ... res5 (5); 0 trains everything.
-_C.MODEL.BACKBONE.FREEZE_AT = 2
-# Normalisation layers of the backbone: "FrozenBN" (Detectron's choice for fine-tuning) or "BN".
-_C.MODEL.BACKBONE.NORM = "FrozenBN"
+# Freeze the stem (1), stem + res2 (2, Detectron's choice, set in configs/coco), ... res5 (5); 0 trains everything.
+_C.MODEL.BACKBONE.FREEZE_AT = 0
+# Normalisation layers of the backbone: "BN", or "FrozenBN" (Detectron's choice for fine-tuning, set in configs/coco).
+_C.MODEL.BACKBONE.NORM = "BN"
 _C.MODEL.FPN = CN()
 # Channels of the FPN outputs P2-P6.
 _C.MODEL.FPN.OUT_CHANNELS = 256
@@ -56,8 +56,12 @@ _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
 _C.MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE = 100
 
 _C.DATA = CN()
-# Data set: "cifar10" or "cifar100".
+# Classification data set: "cifar10", "cifar100" or "places365".
 _C.DATA.DATASET = "cifar10"
+# Places365: training split "train-standard" or "train-challenge" (the paper trained on the challenge split).
+_C.DATA.TRAIN_SPLIT = "train-standard"
+# Places365: the 256x256 image folders (True: data_256_*, val_256) or the large ones (False: data_large_*, val_large).
+_C.DATA.SMALL = True
 # Folder holding the data set in its official layout (see datasets/README.md).
 _C.DATA.ROOT = "./datasets"
 # Write a small generated data set in the official format to DATA.ROOT first if none is there (demo and tests).
@@ -68,6 +72,9 @@ _C.DATA.CUTOUT = 0
 # Detection inputs: the shorter side is resized to a size drawn from MIN_SIZE_TRAIN (one value: single scale) with the
 # longer side at most MAX_SIZE_TRAIN; tests use MIN_SIZE_TEST / MAX_SIZE_TEST. FLIP_PROB: horizontal flips in training.
 _C.INPUT = CN()
+# Classification inputs at ImageNet scale (Places365): training crop (RandomResizedCrop) and evaluation resize + crop.
+_C.INPUT.CROP_SIZE = 224
+_C.INPUT.RESIZE = 256
 _C.INPUT.MIN_SIZE_TRAIN = (800,)
 _C.INPUT.MAX_SIZE_TRAIN = 1333
 _C.INPUT.MIN_SIZE_TEST = 800
@@ -111,6 +118,8 @@ _C.SOLVER.LR_SCHEDULER = "multistep"
 # Milestones of the multistep schedule: in epochs when EPOCHS > 0, else in iterations.
 _C.SOLVER.STEPS = ()
 _C.SOLVER.GAMMA = 0.1
+# Fine-tuning: the learning rate of everything but the classifier head is BASE_LR times this (1: one LR for all).
+_C.SOLVER.BACKBONE_LR_MULTIPLIER = 1.0
 # Linear warm-up from WARMUP_FACTOR * BASE_LR over WARMUP_ITERS iterations (0: none).
 _C.SOLVER.WARMUP_ITERS = 0
 _C.SOLVER.WARMUP_FACTOR = 0.1
@@ -130,3 +139,5 @@ _C.TEST = CN()
 _C.TEST.EVAL_PERIOD = 0
 # Images per evaluation batch over all processes.
 _C.TEST.IMS_PER_BATCH = 500
+# Places365: average the softmax over ten crops (corners, centre and their flips) instead of the centre crop.
+_C.TEST.TEN_CROP = False

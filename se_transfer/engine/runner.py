@@ -38,7 +38,9 @@ def run_training(
     Returns the trainer and the final results: the last evaluation plus train_time_s, iterations and plots.
     """
     s = cfg.SOLVER
-    optimizer = build_optimizer(model, s.OPTIMIZER, s.BASE_LR, s.MOMENTUM, s.WEIGHT_DECAY, s.NESTEROV)
+    optimizer = build_optimizer(
+        model, s.OPTIMIZER, s.BASE_LR, s.MOMENTUM, s.WEIGHT_DECAY, s.NESTEROV, s.BACKBONE_LR_MULTIPLIER
+    )
     scheduler = build_lr_scheduler(
         optimizer,
         max_iter=max_iter,
@@ -103,3 +105,18 @@ def wrap_for_training(cfg: CfgNode, model: nn.Module, device: torch.device) -> n
     if cfg.MODEL.COMPILE:
         train_model = torch.compile(train_model, mode=None if cfg.MODEL.COMPILE == "default" else cfg.MODEL.COMPILE)
     return train_model
+
+
+def schedule_from_cfg(cfg: CfgNode, iters_per_epoch: int) -> tuple[int, int, list[int]]:
+    """(schedule length, iteration to stop at, LR milestones in iterations) from SOLVER.EPOCHS / MAX_ITER / STEPS."""
+    s = cfg.SOLVER
+    if s.EPOCHS > 0:
+        max_iter = s.EPOCHS * iters_per_epoch
+        steps = [int(round(e * iters_per_epoch)) for e in s.STEPS]
+        stop = min(max_iter, s.MAX_ITER) if s.MAX_ITER > 0 else max_iter
+    elif s.MAX_ITER > 0:
+        max_iter = stop = s.MAX_ITER
+        steps = [int(x) for x in s.STEPS]
+    else:
+        raise ValueError("set SOLVER.EPOCHS or SOLVER.MAX_ITER to a positive number")
+    return max_iter, stop, steps

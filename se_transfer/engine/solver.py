@@ -15,15 +15,31 @@ def build_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
     nesterov: bool = False,
+    backbone_lr_multiplier: float = 1.0,
+    head_prefix: str = "fc.",
 ) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov) or AdamW over the trainable parameters, weight decay on all (the papers' recipes)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    """SGD (momentum, Nesterov) or AdamW over the trainable parameters, weight decay on all (the papers' recipes).
+
+    With ``backbone_lr_multiplier`` != 1 the parameters outside the head (names starting with ``head_prefix``) form
+    a second group at ``lr * backbone_lr_multiplier``; schedules scale both groups alike.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("the model has no trainable parameters (everything frozen?)")
+    if backbone_lr_multiplier == 1.0:
+        groups = [{"params": [p for _, p in named], "lr": lr}]
+    else:
+        head = [p for n, p in named if n.startswith(head_prefix)]
+        if not head:
+            raise ValueError(f"SOLVER.BACKBONE_LR_MULTIPLIER needs a head named {head_prefix!r}*; found none trainable")
+        body = [p for n, p in named if not n.startswith(head_prefix)]
+        groups = [{"params": head, "lr": lr}]
+        if body:
+            groups.append({"params": body, "lr": lr * backbone_lr_multiplier})
     if name == "SGD":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     if name == "AdamW":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
 
 

@@ -154,7 +154,9 @@ def _train_worker(cfg, eval_only: bool, resume: bool) -> None:
     from .engine.events import setup_logger
 
     setup_logger(None)
-    if cfg.TASK == "classification":
+    if cfg.TASK == "classification" and cfg.DATA.DATASET == "places365":
+        from .classification.places import run
+    elif cfg.TASK == "classification":
         from .classification.cifar import run
     elif cfg.TASK == "detection":
         from .detection.task import run

@@ -90,3 +90,22 @@ def test_shipped_coco_configs_hold_the_detectron_2x_schedule():
         assert (cfg.MODEL.BACKBONE.FREEZE_AT, cfg.MODEL.BACKBONE.NORM) == (2, "FrozenBN")
         one_x = load_config(ROOT_CONFIGS / "coco" / f"faster_rcnn_{name}_fpn_1x.yaml")
         assert (one_x.SOLVER.MAX_ITER, one_x.SOLVER.STEPS) == (90000, (60000, 80000))
+
+
+def test_shipped_places365_configs():
+    for name in ("resnet152", "se_resnet152"):
+        ft = load_config(ROOT_CONFIGS / "places365" / f"{name}_finetune.yaml")
+        assert (ft.MODEL.ARCH, ft.DATA.DATASET, ft.MODEL.WEIGHTS, ft.DATA.TRAIN_SPLIT) == (
+            name,
+            "places365",
+            "",
+            "train-standard",
+        )
+        assert ft.SOLVER.BACKBONE_LR_MULTIPLIER < 1.0
+        sc = load_config(ROOT_CONFIGS / "places365" / f"{name}_scratch_challenge.yaml")
+        assert (sc.DATA.TRAIN_SPLIT, sc.SOLVER.BASE_LR, sc.SOLVER.IMS_PER_BATCH, sc.SOLVER.STEPS) == (
+            "train-challenge",
+            0.6,
+            1024,
+            (30, 60, 90),
+        )

@@ -15,7 +15,20 @@ from .coco import (
     resolve_coco_datasets,
     write_demo_coco,
 )
+from .places365 import (
+    PLACES365_NUM_CLASSES,
+    PLACES365_SPLITS,
+    Places365,
+    ResumableDistributedSampler,
+    benchmark_input_pipeline,
+    build_classification_loader,
+    infinite_classification_batches,
+    read_places365_categories,
+    read_rgb_tensor,
+    write_fake_places365,
+)
 from .transforms import (
+    ClassificationTransform,
     CropFlipParams,
     CutoutParams,
     DetectionTransform,
@@ -60,4 +73,15 @@ __all__ = [
     "sample_crop_flip",
     "sample_cutout",
     "write_fake_cifar",
+    "PLACES365_NUM_CLASSES",
+    "PLACES365_SPLITS",
+    "ClassificationTransform",
+    "Places365",
+    "ResumableDistributedSampler",
+    "benchmark_input_pipeline",
+    "build_classification_loader",
+    "infinite_classification_batches",
+    "read_places365_categories",
+    "read_rgb_tensor",
+    "write_fake_places365",
 ]

@@ -8,6 +8,9 @@ a global batch and apply only its own slice of them.
 
 The second section holds per-image, box-aware transforms for detection (:class:`DetectionTransform`), built on
 albumentations. Albumentations is imported lazily inside them, so importing this module stays light.
+
+The third section holds the per-image classification transform (:class:`ClassificationTransform`: random resized
+crop + flip for training via albumentations, resize + central crop or ten crops for evaluation via torchvision).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "ClassificationTransform",
     "CropFlipParams",
     "CutoutParams",
     "DetectionTransform",
@@ -274,3 +278,133 @@ class DetectionTransform:
         out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         out_labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
         return np.ascontiguousarray(out["image"]), out_boxes, out_labels
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-image transforms for classification (Places365, ImageNet-style)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _as_hwc_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A contiguous H x W x 3 uint8 numpy array from a 3 x H x W uint8 tensor or an H x W x 3 uint8 array."""
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+            raise ValueError(f"expected a 3 x H x W uint8 tensor, got {image.dtype} {tuple(image.shape)}")
+        return np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 array, got {image.dtype} {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def _as_chw_uint8(image: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A 3 x H x W uint8 tensor from a 3 x H x W uint8 tensor or an H x W x 3 uint8 array."""
+    if isinstance(image, np.ndarray):
+        return torch.from_numpy(_as_hwc_uint8(image)).permute(2, 0, 1)
+    if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+        raise ValueError(f"expected a 3 x H x W uint8 tensor, got {image.dtype} {tuple(image.shape)}")
+    return image
+
+
+class ClassificationTransform:
+    """ImageNet-style classification transform: uint8 image in, normalised float32 tensor out.
+
+    Input: a 3 x H x W uint8 RGB tensor (what ``torchvision.io.decode_image`` returns) or an H x W x 3 uint8 array.
+
+    - ``train=True``: albumentations ``RandomResizedCrop(size, scale, ratio)`` then ``HorizontalFlip(p=0.5)`` on the
+      H x W x 3 array, then a 3 x size x size float tensor.
+    - ``train=False``: the shorter side resized to ``resize`` (bilinear, antialiased), then the central
+      ``size`` x ``size`` crop, with torchvision's tensor ops (``transforms.v2.functional.resize`` / ``center_crop``);
+      with ``ten_crop=True`` a 10 x 3 x size x size tensor instead: the four corner crops and the central crop
+      (top-left, top-right, bottom-left, bottom-right, centre: ``five_crop``), then the same five mirrored
+      horizontally, so crop ``5 + k`` is crop ``k`` flipped (Caffe's oversampling order; the same ten crops as
+      torchvision's ``ten_crop``, which lists the last five in the order of the mirrored image).
+
+    The output is ``(x / 255 - mean) / std`` per channel (``mean``/``std`` in [0, 1] units; ImageNet's by default);
+    with ``mean=None`` and ``std=None`` it is left in [0, 1] (for models that normalise their own input).
+
+    Seeding: each training call draws one 32-bit seed from Python's global ``random`` module and re-seeds the
+    albumentations pipeline with it (``Compose.set_random_seed``), so the crop and flip of an image depend only on the
+    state of ``random``: ``random.seed(s)`` makes a sequence of calls reproducible, and DataLoader workers (whose
+    ``random`` is seeded per worker from the loader's generator) are reproducible given the loader's seed. Evaluation
+    draws nothing.
+    """
+
+    def __init__(
+        self,
+        train: bool,
+        size: int = 224,
+        resize: int = 256,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        mean: Sequence[float] | None = (0.485, 0.456, 0.406),
+        std: Sequence[float] | None = (0.229, 0.224, 0.225),
+        ten_crop: bool = False,
+    ) -> None:
+        if size <= 0 or resize <= 0:
+            raise ValueError(f"size and resize must be positive, got {size} and {resize}")
+        if not train and resize < size:
+            raise ValueError(f"resize ({resize}) must be >= size ({size}) for the central crop")
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        if not 0.0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        if mean is not None and std is not None and (len(mean) != 3 or len(std) != 3):
+            raise ValueError(f"mean and std need 3 entries (R, G, B), got {len(mean)} and {len(std)}")
+        if ten_crop and train:
+            raise ValueError("ten_crop is an evaluation transform (train=False)")
+        self.train = bool(train)
+        self.size = int(size)
+        self.resize = int(resize)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+        self.ten_crop = bool(ten_crop)
+        self._compose: Any = None  # built on first use (lazy albumentations import; picklable before that)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(train={self.train}, size={self.size}, resize={self.resize}, scale={self.scale}, "
+            f"ratio={self.ratio}, mean={self.mean}, std={self.std}, ten_crop={self.ten_crop})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_compose"] = None  # rebuilt in the worker
+        return state
+
+    def _pipeline(self) -> Any:
+        if self._compose is None:
+            A = _albumentations()
+            self._compose = A.Compose(
+                [
+                    A.RandomResizedCrop(size=(self.size, self.size), scale=self.scale, ratio=self.ratio),
+                    A.HorizontalFlip(p=0.5),
+                ]
+            )
+        return self._compose
+
+    def _to_float(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N x 3 x H x W -> float32, normalised (or in [0, 1] without mean/std)."""
+        if self.mean is None or self.std is None:
+            return images.to(torch.float32).div_(255.0)
+        return normalize(images, self.mean, self.std)
+
+    def __call__(self, image: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Transform one uint8 RGB image (3 x H x W tensor or H x W x 3 array) into a float32 tensor."""
+        if self.train:
+            pipeline = self._pipeline()
+            pipeline.set_random_seed(random.getrandbits(32))
+            out = pipeline(image=_as_hwc_uint8(image))["image"]
+            chw = torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)
+            return self._to_float(chw[None])[0]
+        from torchvision.transforms.v2 import functional as TF
+
+        chw = _as_chw_uint8(image)
+        resized = TF.resize(chw, [self.resize], antialias=True)
+        if self.ten_crop:
+            five = torch.stack(TF.five_crop(resized, [self.size, self.size]))
+            return self._to_float(torch.cat([five, five.flip(-1)]))
+        return self._to_float(TF.center_crop(resized, [self.size, self.size])[None])[0]

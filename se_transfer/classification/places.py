@@ -1,0 +1,252 @@
+"""Places365 scene classification: fine-tuning from ImageNet weights (or training from scratch), top-1/top-5."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import CfgNode
+from ..data.coco import InferenceBatchSampler
+from ..data.places365 import (
+    Places365,
+    build_classification_loader,
+    infinite_classification_batches,
+    write_fake_places365,
+)
+from ..data.transforms import ClassificationTransform
+from ..engine import MetricsWriter, default_setup, format_table, get_rank, get_world_size, is_main_process
+from ..engine.distributed import all_gather_object, synchronize
+from ..engine.runner import run_training, schedule_from_cfg, wrap_for_training
+from ..models.weights import checkpoint_metadata
+from .model import attach_input_normalization, build_classifier
+
+logger = logging.getLogger(__name__)
+
+# Paper Table 6: single-crop top-1 / top-5 error (%) on the Places365 validation set, trained on Places365-Challenge.
+PAPER_ERRORS = {"resnet152": (41.15, 11.61), "se_resnet152": (40.37, 11.01)}
+
+
+class _Indexed(Dataset):
+    """(image, label, index) of a data set, so evaluation can name every image."""
+
+    def __init__(self, dataset: Places365) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        image, label = self.dataset[i]
+        return image, label, i
+
+
+def _datasets(cfg: CfgNode, train: bool) -> Places365:
+    root = Path(cfg.DATA.ROOT)
+    if cfg.DATA.GENERATE_DEMO and is_main_process() and not (root / "categories_places365.txt").is_file():
+        logger.info("DATA.GENERATE_DEMO: writing a generated Places365-format tree to %s", root)
+        write_fake_places365(root, seed=cfg.SEED, small=cfg.DATA.SMALL)
+    synchronize()
+    # Images arrive as RGB in [0, 1]; the model normalises them as its weights expect (see attach_input_normalization).
+    transform = ClassificationTransform(
+        train=train,
+        size=cfg.INPUT.CROP_SIZE,
+        resize=cfg.INPUT.RESIZE,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        ten_crop=cfg.TEST.TEN_CROP and not train,
+    )
+    split = cfg.DATA.TRAIN_SPLIT if train else "val"
+    return Places365(
+        root, split, small=cfg.DATA.SMALL, transform=transform, skip_missing=cfg.DATALOADER.SKIP_MISSING_IMAGES
+    )
+
+
+def _eval_loader(cfg: CfgNode, dataset: Places365) -> DataLoader:
+    world, rank = get_world_size(), get_rank()
+    if cfg.TEST.IMS_PER_BATCH % world:
+        raise ValueError(f"TEST.IMS_PER_BATCH {cfg.TEST.IMS_PER_BATCH} must be divisible by {world} processes")
+    sampler = InferenceBatchSampler(len(dataset), cfg.TEST.IMS_PER_BATCH // world, rank, world)
+    return DataLoader(
+        _Indexed(dataset),
+        batch_sampler=sampler,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, dataset: Places365, device: torch.device, output_dir: str | os.PathLike
+) -> dict[str, float]:
+    """Top-1/top-5 over every validation image (all processes); writes predictions and per-class accuracy (rank 0).
+
+    Ten-crop batches (N x 10 x 3 x H x W) are scored by the mean of the crops' softmax.
+    """
+    was_training = model.training
+    model.eval()
+    rows = []
+    for images, labels, idx in loader:
+        images = images.to(device, non_blocking=True)
+        if images.ndim == 5:
+            n, c = images.shape[:2]
+            probs = model(images.flatten(0, 1)).float().softmax(1).view(n, c, -1).mean(1)
+        else:
+            probs = model(images).float().softmax(1)
+        scores, top = probs.topk(min(5, probs.shape[1]), dim=1)
+        for i, label, t, s in zip(idx.tolist(), labels.tolist(), top.cpu().tolist(), scores.cpu().tolist()):
+            rows.append((i, label, t, s))
+    model.train(was_training)
+    gathered = [r for part in all_gather_object(rows) for r in part]
+    if not is_main_process():
+        return {}
+    by_index = {r[0]: r for r in gathered}  # one row per image
+    n = len(by_index)
+    top1 = sum(r[2][0] == r[1] for r in by_index.values())
+    top5 = sum(r[1] in r[2] for r in by_index.values())
+    results = {
+        "top1": 100.0 * top1 / n,
+        "top5": 100.0 * top5 / n,
+        "top1_err": 100.0 - 100.0 * top1 / n,
+        "top5_err": 100.0 - 100.0 * top5 / n,
+        "num_images": n,
+    }
+    _write_reports(by_index, dataset, Path(output_dir) / "inference")
+    return results
+
+
+def _write_reports(rows: dict[int, tuple], dataset: Places365, out: Path) -> None:
+    """predictions.jsonl (image, label, top-5 classes and scores), per_class_accuracy.json, confused_pairs.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = dataset.classes
+    tmp = out / ".predictions.jsonl.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i in sorted(rows):
+            _, label, top, scores = rows[i]
+            record = {"image": str(dataset.image_path(i)), "label": names[label]}
+            record["top5"] = [{"class": names[c], "score": round(s, 5)} for c, s in zip(top, scores)]
+            f.write(json.dumps(record) + "\n")
+    os.replace(tmp, out / "predictions.jsonl")
+    correct: dict[int, list[int]] = {}
+    confusions: dict[tuple[int, int], int] = {}
+    for _, label, top, _ in rows.values():
+        correct.setdefault(label, [0, 0])
+        correct[label][0] += int(top[0] == label)
+        correct[label][1] += 1
+        if top[0] != label:
+            confusions[(label, top[0])] = confusions.get((label, top[0]), 0) + 1
+    per_class = {names[c]: {"top1": 100.0 * k / t, "images": t} for c, (k, t) in sorted(correct.items())}
+    tmp = out / ".per_class_accuracy.json.tmp"
+    tmp.write_text(json.dumps(per_class, indent=1))
+    os.replace(tmp, out / "per_class_accuracy.json")
+    _plot_confusions(confusions, names, out / "confused_pairs.png")
+
+
+def _plot_confusions(confusions: dict[tuple[int, int], int], names: list[str], path: Path, top: int = 20) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = sorted(confusions.items(), key=lambda kv: -kv[1])[:top]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * max(len(pairs), 1) + 1.2))
+    if pairs:
+        labels = [f"{names[t]} -> {names[p]}" for (t, p), _ in pairs]
+        ax.barh(range(len(pairs)), [c for _, c in pairs], color="tab:red")
+        ax.set_yticks(range(len(pairs)), labels, fontsize=8)
+        ax.invert_yaxis()
+    else:
+        ax.text(0.5, 0.5, "no confusions", ha="center", va="center")
+    ax.set_xlabel("validation images (true -> predicted)")
+    ax.set_title(f"most confused category pairs (top {top})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune (or train from scratch, or with ``eval_only`` evaluate) a Places365 classifier as ``cfg`` says."""
+    cfg, device = default_setup(cfg)
+    val_set = _datasets(cfg, train=False)
+    if not cfg.MODEL.WEIGHTS:
+        logger.warning(
+            "MODEL.WEIGHTS is empty: %s starts from RANDOM initialisation (the paper's from-scratch setting). To "
+            "fine-tune from ImageNet, pass the weights (any public layout) with MODEL.WEIGHTS",
+            cfg.MODEL.ARCH,
+        )
+    model = attach_input_normalization(build_classifier(cfg, len(val_set.classes))).to(device)
+    if cfg.MODEL.CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
+    val_loader = _eval_loader(cfg, val_set)
+    paper = PAPER_ERRORS.get(cfg.MODEL.ARCH)
+
+    if eval_only:
+        results = evaluate(model, val_loader, val_set, device, cfg.OUTPUT_DIR)
+        if is_main_process():
+            writer = MetricsWriter(cfg.OUTPUT_DIR)
+            writer.write({"iteration": 0, "eval_only": True, **results})
+            writer.close()
+            _print_summary(cfg, results, paper)
+        return results
+
+    train_set = _datasets(cfg, train=True)
+    if train_set.classes != val_set.classes:
+        raise ValueError("the training and validation splits list different categories")
+    world = get_world_size()
+    if cfg.SOLVER.IMS_PER_BATCH % world:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be divisible by {world} processes")
+    train_loader = build_classification_loader(
+        train_set, cfg.SOLVER.IMS_PER_BATCH // world, True, cfg.DATALOADER.NUM_WORKERS, cfg.SEED, get_rank(), world
+    )
+    ipe = len(train_loader)
+    max_iter, stop_iter, steps = schedule_from_cfg(cfg, ipe)
+
+    def batches(start_iter: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in infinite_classification_batches(train_loader, start_iter):
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        return {"loss": nn.functional.cross_entropy(m(images), labels)}
+
+    _, results = run_training(
+        cfg,
+        model,
+        wrap_for_training(cfg, model, device),
+        batches=batches,
+        loss_fn=loss_fn,
+        eval_fn=lambda: evaluate(model, val_loader, val_set, device, cfg.OUTPUT_DIR),
+        device=device,
+        max_iter=max_iter,
+        stop_iter=stop_iter,
+        steps=steps,
+        iters_per_epoch=ipe,
+        resume=resume,
+        checkpoint_meta=checkpoint_metadata(model) if hasattr(model, "arch_kwargs") else None,
+    )
+    if is_main_process():
+        _print_summary(cfg, results, paper)
+    return results
+
+
+def _print_summary(cfg: CfgNode, results: dict[str, Any], paper: tuple[float, float] | None) -> None:
+    rows = [
+        ["ours", f"{results['top1_err']:.2f}", f"{results['top5_err']:.2f}", f"{results['top1']:.2f}",
+         f"{results['top5']:.2f}"],
+    ]  # fmt: skip
+    if paper:
+        rows.append(["paper (Table 6)", f"{paper[0]:.2f}", f"{paper[1]:.2f}", "-", "-"])
+    print(f"\nPlaces365 val, {cfg.MODEL.ARCH}, {results['num_images']} images"
+          f"{' (10-crop)' if cfg.TEST.TEN_CROP else ' (centre crop)'}")  # fmt: skip
+    print(format_table(["", "top-1 err", "top-5 err", "top-1 acc", "top-5 acc"], rows), flush=True)
+    inference = Path(cfg.OUTPUT_DIR) / "inference"
+    for what, name in (("predictions", "predictions.jsonl"), ("per-class accuracy", "per_class_accuracy.json"),
+                       ("most confused pairs", "confused_pairs.png")):  # fmt: skip
+        print(f"{what}: {inference / name}", flush=True)

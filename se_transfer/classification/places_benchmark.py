@@ -1,0 +1,202 @@
+"""Does Places365 loading keep up with training? Input-pipeline images/s per worker count vs. a model's training step.
+
+The input pipeline is read + JPEG decode + training augmentation (random resized crop 224 + flip, normalisation)
+through a DataLoader (:func:`se_transfer.data.places365.benchmark_input_pipeline`); the model step is forward +
+backward + SGD step of ``create_model(model, num_classes=365)`` on random 224 x 224 inputs on the device. Both are
+per process, i.e. per rank: with several GPUs on one host each rank runs its own workers on a share of the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.places365 import PLACES365_NUM_CLASSES, Places365, benchmark_input_pipeline, write_fake_places365
+from ..data.transforms import ClassificationTransform
+from ..engine.events import format_table
+from ..models import create_model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark_model_step(
+    model_name: str,
+    batch_size: int,
+    device: torch.device,
+    steps: int = 5,
+    warmup: int = 2,
+    amp: str = "none",
+    channels_last: bool = False,
+    size: int = 224,
+) -> dict[str, Any]:
+    """Images/s of one training step (forward, backward, SGD) of ``model_name`` with 365 classes on random inputs.
+
+    Each of ``steps`` timed steps (after ``warmup`` untimed ones) is timed on its own; the median is reported.
+    """
+    if batch_size <= 0 or steps <= 0 or warmup < 0:
+        raise ValueError(f"need batch_size > 0, steps > 0, warmup >= 0; got {batch_size}, {steps}, {warmup}")
+    model = create_model(model_name, num_classes=PLACES365_NUM_CLASSES).to(device).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, size, size, generator=g).to(device, memory_format=memory_format)
+    labels = torch.randint(0, PLACES365_NUM_CLASSES, (batch_size,), generator=g).to(device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(model(images), labels)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {
+        "model": model_name,
+        "batch_size": batch_size,
+        "amp": amp,
+        "channels_last": channels_last,
+        "ms_per_step": 1000.0 * median,
+        "images_per_sec": batch_size / median,
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def benchmark_places_main(argv: Sequence[str] | None = None) -> int:
+    """Command line of tools/benchmark_places_input.py."""
+    p = argparse.ArgumentParser(prog="benchmark_places_input", description=__doc__)
+    p.add_argument("--root", default=None, help="Places365 root (default: a generated fake tree in a temp dir)")
+    p.add_argument("--split", default="train-standard", choices=("train-standard", "train-challenge", "val"))
+    p.add_argument("--large", action="store_true", help="read the large image folders instead of the 256 ones")
+    p.add_argument("--fake-images", type=int, default=2000, help="images of the generated tree (256 x 341 JPEGs)")
+    p.add_argument("--batch-size", type=int, default=64, help="input-pipeline batch size")
+    p.add_argument("--batches", type=int, default=20, help="timed input-pipeline batches per worker count")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4], help="DataLoader worker counts to try")
+    p.add_argument("--model", default="se_resnet152", help="model of the training step ('none' to skip)")
+    p.add_argument("--model-batch", type=int, default=16, help="training-step batch size")
+    p.add_argument("--model-steps", type=int, default=5, help="timed training steps (median taken)")
+    p.add_argument("--model-warmup", type=int, default=2, help="untimed training steps first")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="default: bf16 on CUDA, none on CPU")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a last line of JSON")
+    args = p.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    amp = args.amp or ("bf16" if device.type == "cuda" else "none")
+
+    with contextlib.ExitStack() as stack:
+        if args.root is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fake_places365_")))
+            num_classes = min(100, max(1, args.fake_images))
+            per_class = max(1, round(args.fake_images / num_classes))
+            print(f"writing a fake Places365 tree of {num_classes * per_class} 256 x 341 JPEGs to {tmp} ...")
+            root = write_fake_places365(
+                tmp,
+                num_classes=num_classes,
+                per_class_train=per_class,
+                per_class_val=1,
+                image_size=(256, 341),
+                small=not args.large,
+                split_sets=(args.split,),
+            )
+            expected_classes: int | None = None
+        else:
+            root, expected_classes = Path(args.root), PLACES365_NUM_CLASSES
+        dataset = Places365(
+            root,
+            args.split,
+            small=not args.large,
+            transform=ClassificationTransform(train=True),
+            num_classes=expected_classes,
+        )
+        pipeline = []
+        for w in args.workers:
+            r = benchmark_input_pipeline(dataset, args.batch_size, w, args.batches)
+            pipeline.append(r)
+            print(f"  workers {w}: {r['images_per_sec']:.0f} images/s")
+
+    model_result = None
+    if args.model.lower() != "none":
+        model_result = benchmark_model_step(
+            args.model,
+            args.model_batch,
+            device,
+            steps=args.model_steps,
+            warmup=args.model_warmup,
+            amp=amp,
+            channels_last=args.channels_last,
+        )
+    need = model_result["images_per_sec"] if model_result else None
+    for r in pipeline:
+        r["keeps_up"] = None if need is None else r["images_per_sec"] >= need
+
+    print(
+        f"Places365 input pipeline ({args.split}, {'large' if args.large else '256'} folder, {len(dataset)} images, "
+        f"batch {args.batch_size}, {os.cpu_count()} CPUs) vs training step on {_device_name(device)}"
+    )
+    rows = [
+        [
+            f"input, {r['num_workers']} workers",
+            f"{r['images_per_sec']:.0f}",
+            f"{r['ms_per_batch']:.1f} ms/batch",
+            "-" if r["keeps_up"] is None else ("yes" if r["keeps_up"] else "no"),
+        ]
+        for r in pipeline
+    ]
+    if model_result:
+        rows.append(
+            [
+                f"train step {args.model}",
+                f"{model_result['images_per_sec']:.0f}",
+                f"{model_result['ms_per_step']:.1f} ms/step",
+                "",
+            ]
+        )
+    print(format_table(["", "images/s", "time", "keeps up"], rows))
+    if model_result:
+        ok = [r["num_workers"] for r in pipeline if r["keeps_up"]]
+        if ok:
+            print(f"loading keeps up with {min(ok)} or more workers (of those tried)")
+        else:
+            print(f"loading does NOT keep up with any worker count tried ({need:.0f} images/s needed)")
+    if args.json:
+        out = {
+            "device": _device_name(device),
+            "split": args.split,
+            "images": len(dataset),
+            "pipeline": pipeline,
+            "model": model_result,
+        }
+        print(json.dumps(out))
+    return 0

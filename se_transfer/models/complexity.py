@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,12 +27,19 @@ def count_macs(model: nn.Module, input_size: int = 224, batch_size: int = 1) -> 
     """
     elementwise = 0
 
-    def se_hook(module: SEModule, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal elementwise
-        numel = inputs[0].numel()
-        elementwise += numel if module.no_squeeze else 2 * numel
+    def counting(module: SEModule) -> Callable[[torch.Tensor], torch.Tensor]:
+        excitation = module.excitation  # the bound method; every SE path (fused or not) calls it once per forward
 
-    handles = [m.register_forward_hook(se_hook) for m in model.modules() if isinstance(m, SEModule)]
+        def wrapped(x: torch.Tensor) -> torch.Tensor:
+            nonlocal elementwise
+            elementwise += x.numel() if module.no_squeeze else 2 * x.numel()
+            return excitation(x)
+
+        return wrapped
+
+    se_modules = [m for m in model.modules() if isinstance(m, SEModule)]
+    for m in se_modules:
+        m.excitation = counting(m)  # an instance attribute shadows the method until deleted below
     param = next(model.parameters())
     x = torch.zeros(batch_size, 3, input_size, input_size, device=param.device, dtype=param.dtype)
     was_training = model.training
@@ -41,8 +49,8 @@ def count_macs(model: nn.Module, input_size: int = 224, batch_size: int = 1) -> 
         with counter, torch.no_grad():
             model(x)
     finally:
-        for h in handles:
-            h.remove()
+        for m in se_modules:
+            del m.excitation
         model.train(was_training)
     conv_fc = counter.get_total_flops() // 2 // batch_size
     se = elementwise // batch_size

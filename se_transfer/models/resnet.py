@@ -117,8 +117,9 @@ class _ResidualBlock(nn.Module):
             x = self.se(x)
         out = self.residual(x)
         if variant == "standard":
-            out = self.se(out)
-        elif variant == "identity":
+            # scale and residual sum in one pass (Caffe's "Axpy"): shortcut + out * s, then ReLU in place
+            return self.relu(torch.addcmul(shortcut, out, self.se.excitation(out)))
+        if variant == "identity":
             shortcut = self.se(shortcut)
         out = self.relu(out + shortcut)
         if variant == "post":

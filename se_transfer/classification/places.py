@@ -22,11 +22,10 @@ from ..data.places365 import (
     write_fake_places365,
 )
 from ..data.transforms import ClassificationTransform
-from ..engine import MetricsWriter, default_setup, format_table, get_rank, get_world_size, is_main_process
+from ..engine import default_setup, format_table, get_rank, get_world_size, is_main_process
 from ..engine.distributed import all_gather_object, synchronize
-from ..engine.runner import run_training, schedule_from_cfg, wrap_for_training
-from ..models.weights import checkpoint_metadata
-from .model import attach_input_normalization, build_classifier
+from ..engine.runner import record_evaluation, run_training, schedule_from_cfg, wrap_for_training
+from .model import attach_input_normalization, build_classifier, cross_entropy_loss
 
 logger = logging.getLogger(__name__)
 
@@ -189,10 +188,8 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
 
     if eval_only:
         results = evaluate(model, val_loader, val_set, device, cfg.OUTPUT_DIR)
+        record_evaluation(cfg.OUTPUT_DIR, results)
         if is_main_process():
-            writer = MetricsWriter(cfg.OUTPUT_DIR)
-            writer.write({"iteration": 0, "eval_only": True, **results})
-            writer.close()
             _print_summary(cfg, results, paper)
         return results
 
@@ -212,16 +209,12 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
         for images, labels in infinite_classification_batches(train_loader, start_iter):
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
-    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        images, labels = batch
-        return {"loss": nn.functional.cross_entropy(m(images), labels)}
-
     _, results = run_training(
         cfg,
         model,
         wrap_for_training(cfg, model, device),
         batches=batches,
-        loss_fn=loss_fn,
+        loss_fn=cross_entropy_loss,
         eval_fn=lambda: evaluate(model, val_loader, val_set, device, cfg.OUTPUT_DIR),
         device=device,
         max_iter=max_iter,
@@ -229,7 +222,6 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
         steps=steps,
         iters_per_epoch=ipe,
         resume=resume,
-        checkpoint_meta=checkpoint_metadata(model) if hasattr(model, "arch_kwargs") else None,
     )
     if is_main_process():
         _print_summary(cfg, results, paper)

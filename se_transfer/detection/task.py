@@ -21,7 +21,7 @@ from ..data.coco import (
 from ..data.transforms import DetectionTransform
 from ..engine import default_setup, format_table, get_rank, get_world_size, is_main_process
 from ..engine.distributed import synchronize
-from ..engine.runner import run_training, wrap_for_training
+from ..engine.runner import record_evaluation, run_training, wrap_for_training
 from .evaluation import COCOEvaluator, format_results_table
 from .model import build_faster_rcnn
 
@@ -136,12 +136,8 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
 
     if eval_only:
         results = evaluate(model, test_loader, evaluator, device)
+        record_evaluation(cfg.OUTPUT_DIR, results)
         if is_main_process():
-            from ..engine import MetricsWriter
-
-            writer = MetricsWriter(cfg.OUTPUT_DIR)
-            writer.write({"iteration": 0, "eval_only": True, **results})
-            writer.close()
             print(format_results_table(results, paper), flush=True)
         return results
 

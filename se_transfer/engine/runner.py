@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..config import CfgNode
+from ..models.weights import checkpoint_metadata
 from .checkpoint import Checkpointer
 from .distributed import is_main_process
 from .events import MetricsWriter, plot_metrics, truncate_metrics
@@ -31,7 +32,6 @@ def run_training(
     steps: Sequence[int],
     iters_per_epoch: int = 0,
     resume: bool = False,
-    checkpoint_meta: dict[str, Any] | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
     """Train ``train_model`` (``model`` wrapped by DDP / compile, or itself) as cfg.SOLVER says; evaluate at the end.
 
@@ -64,7 +64,8 @@ def run_training(
         ims_per_batch=s.IMS_PER_BATCH,
     )
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, model, optimizer=optimizer, scheduler=scheduler, scaler=trainer.scaler)
-    checkpointer.extra_meta = dict(checkpoint_meta or {})
+    if hasattr(model, "arch_kwargs"):  # registry models: create_model(pretrained=model_final.pth) rebuilds the flavour
+        checkpointer.extra_meta = checkpoint_metadata(model)
     start_iter = checkpointer.resume() if resume else 0
     writer = None
     if is_main_process():
@@ -91,6 +92,14 @@ def run_training(
     if is_main_process():
         results["plots"] = [str(p) for p in plot_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl", cfg.OUTPUT_DIR)]
     return trainer, results
+
+
+def record_evaluation(output_dir: str, results: dict[str, Any]) -> None:
+    """Append the results of an --eval-only run to OUTPUT_DIR/metrics.jsonl (main process only)."""
+    if is_main_process():
+        writer = MetricsWriter(output_dir)
+        writer.write({"iteration": 0, "eval_only": True, **results})
+        writer.close()
 
 
 def wrap_for_training(cfg: CfgNode, model: nn.Module, device: torch.device) -> nn.Module:

@@ -14,6 +14,7 @@ from torch import nn
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader
 from ..engine.events import format_table
 from ..models import create_model
+from ..models.se import SE_IMPLS
 
 MODES = {"eager": None, "compiled": "default", "cudagraphs": "reduce-overhead"}
 
@@ -27,9 +28,9 @@ def _synthetic_cifar(n: int, num_classes: int = 10, seed: int = 0) -> CifarData:
 
 
 def _make_step(
-    name: str, mode: str, device: torch.device, amp: str, channels_last: bool
+    name: str, mode: str, device: torch.device, amp: str, channels_last: bool, se_impl: str = "auto"
 ) -> tuple[Callable[[torch.Tensor, torch.Tensor], None], nn.Module]:
-    model = create_model(name, num_classes=10).to(device)
+    model = create_model(name, num_classes=10, se_impl=se_impl).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -61,6 +62,7 @@ def benchmark(
     rounds: int = 5,
     amp: str = "none",
     channels_last: bool = False,
+    se_impl: str = "auto",
 ) -> list[dict]:
     """Images/s of a full training step (augmentation on the device included) for every model and mode."""
     n = max(batch_size * (steps + 1), 4096) if device.type == "cuda" else batch_size * (steps + 1)
@@ -76,7 +78,7 @@ def benchmark(
     )
     results = []
     for mode in modes:
-        steps_fns = {m: _make_step(m, mode, device, amp, channels_last)[0] for m in models}
+        steps_fns = {m: _make_step(m, mode, device, amp, channels_last, se_impl)[0] for m in models}
         times: dict[str, list[float]] = {m: [] for m in models}
         for fn in steps_fns.values():  # warm-up (and compilation) outside the timed windows
             for images, labels in _take(loader, warmup):
@@ -119,6 +121,7 @@ def benchmark_cifar_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="timed windows per model (median taken)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="default: bf16 on CUDA, none on CPU")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--se-impl", choices=SE_IMPLS, default="auto", help="how SE blocks run (auto: fused on CUDA)")
     p.add_argument("--json", action="store_true", help="print a last line of JSON")
     args = p.parse_args(argv)
     if args.device == "auto":
@@ -127,15 +130,28 @@ def benchmark_cifar_main(argv: Sequence[str] | None = None) -> int:
     modes = args.modes or (list(MODES) if device.type == "cuda" else ["eager"])
     amp = args.amp or ("bf16" if device.type == "cuda" else "none")
     results = benchmark(
-        args.models, modes, device, args.batch_size, args.steps, args.warmup, args.rounds, amp, args.channels_last
+        args.models,
+        modes,
+        device,
+        args.batch_size,
+        args.steps,
+        args.warmup,
+        args.rounds,
+        amp,
+        args.channels_last,
+        args.se_impl,
     )
     base = {r["mode"]: r["ims_per_sec"] for r in results if r["model"] == args.models[0]}
     for r in results:
         r["ratio_to_first"] = r["ims_per_sec"] / base[r["mode"]]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"CIFAR training step, batch {args.batch_size}, amp {amp}, channels_last {args.channels_last}, {name}")
+    print(
+        f"CIFAR training step, batch {args.batch_size}, amp {amp}, channels_last {args.channels_last}, "
+        f"se_impl {args.se_impl}, {name}"
+    )
     rows = [[r["model"], r["mode"], f"{r['ims_per_sec']:.0f}", f"{r['ratio_to_first']:.2f}x"] for r in results]
     print(format_table(["model", "mode", "images/s", f"vs {args.models[0]}"], rows))
     if args.json:
-        print(json.dumps({"device": name, "batch_size": args.batch_size, "amp": amp, "results": results}))
+        record = {"device": name, "batch_size": args.batch_size, "amp": amp, "se_impl": args.se_impl}
+        print(json.dumps({**record, "results": results}))
     return 0

@@ -26,7 +26,9 @@ def build_classifier(cfg: CfgNode, num_classes: int) -> nn.Module:
     elif backbone.FREEZE_AT or backbone.NORM != "BN":
         raise ConfigError(f"MODEL.BACKBONE.FREEZE_AT / NORM apply to ImageNet-family models, not {cfg.MODEL.ARCH}")
     n = cfg.MODEL.NUM_CLASSES or num_classes
-    return create_model(cfg.MODEL.ARCH, num_classes=n, pretrained=cfg.MODEL.WEIGHTS or None, **kwargs)
+    return create_model(
+        cfg.MODEL.ARCH, num_classes=n, pretrained=cfg.MODEL.WEIGHTS or None, se_impl=cfg.MODEL.SE_IMPL, **kwargs
+    )
 
 
 def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:

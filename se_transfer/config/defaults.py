@@ -30,6 +30,10 @@ _C.MODEL.KWARGS = CN(new_allowed=True)
 _C.MODEL.CHANNELS_LAST = False
 # torch.compile mode: "" (eager), "default", "reduce-overhead" (CUDA graphs) or "max-autotune".
 _C.MODEL.COMPILE = ""
+# How SE blocks are computed: "auto" (fused Triton kernels on CUDA; on the CPU the PyTorch ops, with the squeeze
+# taken from the input of the last 1x1 conv at inference), "eager" (the plain PyTorch ops everywhere) or "triton"
+# (insist on the fused kernels: an error where they cannot run). Same parameters and results (up to rounding).
+_C.MODEL.SE_IMPL = "auto"
 
 # The trunk of an ImageNet-family MODEL.ARCH (detection: its res2..res5 feed the FPN; classification: fine-tuning).
 _C.MODEL.BACKBONE = CN()

@@ -91,6 +91,7 @@ def build_faster_rcnn(
     max_size: int = 1333,
     backbone_kwargs: Mapping[str, Any] | None = None,
     resize_inputs: bool = True,
+    se_impl: str = "auto",
     **faster_rcnn_kwargs: Any,
 ) -> FasterRCNN:
     """Faster R-CNN + FPN with backbone ``arch`` for ``num_classes`` object classes (plus background).
@@ -99,7 +100,8 @@ def build_faster_rcnn(
     normalisation are used), or a whole-detector checkpoint of ours (loaded strictly). None: random initialisation,
     with a loud warning. Anchors 32..512 on P2..P6 with ratios 0.5/1/2, RoIAlign 7x7 on P2..P5 (the FPN paper's setup).
     ``resize_inputs=False``: the caller resizes (our data pipeline does, multi-scale included); the model only
-    normalises and batches, and returns boxes in the coordinates of the images it was given.
+    normalises and batches, and returns boxes in the coordinates of the images it was given. ``se_impl``: how the
+    backbone's SE blocks are computed ('auto': fused Triton kernels on CUDA, see ``se_transfer.models.se``).
     """
     detector_state = None
     backbone_weights = None
@@ -121,6 +123,7 @@ def build_faster_rcnn(
         features_only=True,
         freeze_at=freeze_at,
         norm=norm,
+        se_impl=se_impl,
         **dict(backbone_kwargs or {}),
     )
     if not isinstance(body, ResNet):

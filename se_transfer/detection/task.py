@@ -79,6 +79,7 @@ def build_model(cfg: CfgNode, num_classes: int) -> nn.Module:
         max_size=i.MAX_SIZE_TEST,
         resize_inputs=False,
         backbone_kwargs=dict(m.KWARGS),
+        se_impl=m.SE_IMPL,
         rpn_pre_nms_top_n_train=m.RPN.PRE_NMS_TOPK_TRAIN,
         rpn_post_nms_top_n_train=m.RPN.POST_NMS_TOPK_TRAIN,
         rpn_pre_nms_top_n_test=m.RPN.PRE_NMS_TOPK_TEST,

@@ -150,7 +150,7 @@ class CifarBasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.se is not None:
-            out = self.se(out)
+            return self.se.scale_residual(out, shortcut, relu=True)
         return self.relu(out + shortcut)
 
 
@@ -230,7 +230,7 @@ class PreActBottleneck(nn.Module):
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.relu(self.bn3(out)))
         if self.se is not None:
-            out = self.se(out)
+            return self.se.scale_residual(out, shortcut, relu=False)
         return out + shortcut
 
 
@@ -303,7 +303,7 @@ class WideBasicBlock(nn.Module):
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         out = self.conv2(out)
         if self.se is not None:
-            out = self.se(out)
+            return self.se.scale_residual(out, shortcut, relu=False)
         return out + shortcut
 
 
@@ -494,7 +494,7 @@ class ShakeBlock(nn.Module):
             self.branch1(x), self.branch2(x), self.training, self.shake_forward, self.shake_backward, self.shake_level
         )
         if self.se is not None:
-            out = self.se(out)
+            return self.se.scale_residual(out, shortcut, relu=False)
         return out + shortcut
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .se import SEModule
+from .se import SEModule, se_impl
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -45,8 +45,8 @@ def count_macs(model: nn.Module, input_size: int = 224, batch_size: int = 1) -> 
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
-    try:
-        with counter, torch.no_grad():
+    try:  # the paper's measure: the textbook SE (squeeze over U, full fc1), not our inference shortcut
+        with counter, torch.no_grad(), se_impl(model, "eager"):
             model(x)
     finally:
         for m in se_modules:

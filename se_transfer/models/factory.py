@@ -13,6 +13,7 @@ from torch import nn
 
 from ..registry import Registry
 from .resnet import ResNet
+from .se import set_se_impl
 
 MODEL_REGISTRY = Registry("model")
 
@@ -104,6 +105,7 @@ def create_model(
     *,
     num_classes: int = 1000,
     pretrained: str | os.PathLike | None = None,
+    se_impl: str = "auto",
     **overrides: Any,
 ) -> ResNet:
     """Build a registered model, optionally with weights from a local checkpoint in any known layout.
@@ -111,7 +113,8 @@ def create_model(
     ``overrides`` are ResNet arguments (``stride_in_1x1``, ``stem_pool``, ``reduction``, ``se_stages``, ``se_variant``,
     ``features_only``, ``out_features``, ``freeze_at``, ``norm``, ...). With ``pretrained``, the flavour of the
     checkpoint (stride position, stem pool, SE widths) is applied unless overridden, its input normalisation is kept
-    in ``model.input_norm``, and a classifier head of another size is re-initialised.
+    in ``model.input_norm``, and a classifier head of another size is re-initialised. ``se_impl`` chooses how the
+    SE blocks are computed ('auto', 'eager' or 'triton'; see ``se_transfer.models.se.SE_IMPLS``).
     """
     entry = model_entry(name)
     valid = _builder_args(entry.builder)
@@ -122,11 +125,13 @@ def create_model(
         from .weights import build_pretrained, load_plain_weights
 
         if entry.family == "imagenet":
-            return build_pretrained(name, pretrained, num_classes=num_classes, overrides=overrides)
+            model = build_pretrained(name, pretrained, num_classes=num_classes, overrides=overrides)
+        else:
+            model = build_model(name, {**entry.defaults, **overrides, "num_classes": num_classes})
+            load_plain_weights(model, pretrained)
+    else:
         model = build_model(name, {**entry.defaults, **overrides, "num_classes": num_classes})
-        load_plain_weights(model, pretrained)
-        return model
-    return build_model(name, {**entry.defaults, **overrides, "num_classes": num_classes})
+    return set_se_impl(model, se_impl)
 
 
 def build_model(name: str, kwargs: dict[str, Any]) -> nn.Module:

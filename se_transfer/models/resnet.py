@@ -117,8 +117,7 @@ class _ResidualBlock(nn.Module):
             x = self.se(x)
         out = self.residual(x)
         if variant == "standard":
-            # scale and residual sum in one pass (Caffe's "Axpy"): shortcut + out * s, then ReLU in place
-            return self.relu(torch.addcmul(shortcut, out, self.se.excitation(out)))
+            return self.se.scale_residual(out, shortcut, relu=True)
         if variant == "identity":
             shortcut = self.se(shortcut)
         out = self.relu(out + shortcut)
@@ -210,6 +209,17 @@ class Bottleneck(_ResidualBlock):
         if self.se_variant == "3x3":
             out = self.se(out)
         return self.bn3(self.conv3(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.se_variant != "standard" or not self.se.can_use_producer(self.conv3, self.bn3):
+            return super().forward(x)
+        # Inference: the gate comes from the input of conv3 (SEModule.producer_excitation), before conv3 runs,
+        # so U is written once and read once (by the scale + sum), as in the baseline's sum.
+        shortcut = x if self.downsample is None else self.downsample(x)
+        h = self.relu(self.bn1(self.conv1(x)))
+        h = self.relu(self.bn2(self.conv2(h)))
+        gate = self.se.producer_excitation(h, self.conv3, self.bn3)
+        return torch.addcmul(shortcut, self.bn3(self.conv3(h)), gate).relu_()
 
 
 def _check_choice(name: str, value: object, choices: Sequence[object]) -> None:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 SQUEEZE_TYPES = ("avg", "max")
 GATE_TYPES = ("sigmoid", "tanh", "relu")
+# How an SE block is computed (same parameters, same results up to floating-point rounding):
+#   'eager'  the textbook PyTorch ops (squeeze over U, two FCs, gate, scale fused with the residual sum);
+#   'triton' the fused CUDA kernels of se_transfer.ops.fused_se (an error where they cannot run);
+#   'auto'   Triton on CUDA tensors when it is installed; elsewhere eager, except that inference without autograd
+#            in a bottleneck takes the squeeze from the producer of U (see SEModule.producer_excitation).
+SE_IMPLS = ("auto", "eager", "triton")
 
 
 def se_hidden_channels(channels: int, reduction: int) -> int:
@@ -57,6 +67,15 @@ class SEModule(nn.Module):
         self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1, bias=bias)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=bias)
+        self.impl = "auto"
+        self._producer_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _gate(self, s: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        if self.gate_type == "sigmoid":
+            return s.sigmoid_() if inplace else torch.sigmoid(s)
+        if self.gate_type == "tanh":
+            return s.tanh_() if inplace else torch.tanh(s)
+        return s.relu_() if inplace else torch.relu(s)
 
     def excitation(self, x: torch.Tensor) -> torch.Tensor:
         """Return the gate s (N x C x 1 x 1, or N x C x H x W for NoSqueeze) for the input U."""
@@ -68,15 +87,134 @@ class SEModule(nn.Module):
             # SE-ResNet-50's CPU time at batch 1). Same parameters, same shapes as the official 1x1 convs.
             h = self.relu(F.linear(z, self.fc1.weight.flatten(1), self.fc1.bias))
             s = F.linear(h, self.fc2.weight.flatten(1), self.fc2.bias)[:, :, None, None]
-        if self.gate_type == "sigmoid":
-            return torch.sigmoid(s)
-        if self.gate_type == "tanh":
-            return torch.tanh(s)
-        return torch.relu(s)
+        return self._gate(s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Rescale x channel-wise by its excitation."""
         return x * self.excitation(x)
 
+    # ---------------------------------------------------------------------------------------- fused forms
+
+    def use_triton(self, u: torch.Tensor) -> bool:
+        """Whether ``scale_residual`` takes the fused Triton path for ``u`` (``impl='triton'`` insists on it)."""
+        if self.impl == "eager" or (self.impl == "auto" and not u.is_cuda):
+            return False
+        from ..ops import fused_se
+
+        supported = not self.no_squeeze and self.squeeze == "avg" and u.dim() == 4
+        if self.impl == "triton":
+            if not supported:
+                raise RuntimeError(
+                    f"se_impl='triton' supports the average squeeze only (this block: {self.extra_repr()})"
+                )
+            if not fused_se.can_run(u):
+                raise RuntimeError(
+                    f"se_impl='triton' needs Triton and a CUDA tensor (got a {u.device.type} tensor"
+                    f"{'' if fused_se.triton_available() else '; triton is not installed'}); use se_impl='auto'"
+                )
+            return True
+        return supported and fused_se.can_run(u)
+
+    def scale_residual(self, u: torch.Tensor, shortcut: torch.Tensor, relu: bool = True) -> torch.Tensor:
+        """``act(shortcut + u * excitation(u))`` with act ReLU or identity: the SE block with its residual sum.
+
+        On CUDA (``impl`` 'auto' or 'triton') this is one fused op: a squeeze that reads U once, one pass for
+        scale + sum + ReLU, and a two-pass backward. Elsewhere the scale is fused with the sum (``addcmul``, Caffe's
+        Axpy) and the ReLU acts in place.
+        """
+        if self.use_triton(u):
+            from ..ops.fused_se import se_scale_residual
+
+            return se_scale_residual(
+                u, shortcut, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.gate_type, relu
+            )
+        out = torch.addcmul(shortcut, u, self.excitation(u))
+        return out.relu_() if relu else out
+
+    def can_use_producer(self, producer: nn.Conv2d, norm: nn.Module) -> bool:
+        """Whether ``producer_excitation`` applies: inference without autograd, U = norm(producer(h)) with a 1x1,
+        stride-1, ungrouped producer and a norm that is a fixed per-channel affine map, average squeeze."""
+        if self.impl != "auto" or torch.is_grad_enabled() or self.no_squeeze or self.squeeze != "avg":
+            return False
+        if torch.compiler.is_compiling():  # the compiler fuses the squeeze itself; keep its graph free of caches
+            return False
+        if producer.kernel_size != (1, 1) or producer.stride != (1, 1) or producer.groups != 1:
+            return False
+        if producer.padding not in ((0, 0), "valid") or producer.dilation != (1, 1):
+            return False
+        if isinstance(norm, nn.BatchNorm2d):
+            return not norm.training and norm.running_mean is not None
+        return isinstance(norm, FrozenBatchNorm2d)
+
+    def producer_excitation(self, h: torch.Tensor, producer: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
+        """The excitation of U = norm(producer(h)), computed from h without reading U (inference only).
+
+        With a 1x1 stride-1 producer W and an affine norm (scale a, shift b), the mean of U over space is
+        a * (W @ mean(h)) + b, so fc1(mean(U)) = W' @ mean(h) + b' with W' = fc1 diag(a) W and b' = fc1 b + b_fc1.
+        The squeeze then reads h (a quarter of U's channels in a bottleneck) and fc1 reads W' (a quarter of fc1's
+        size). W' and b' are cached and rebuilt whenever any of the tensors they come from changes. Equal to
+        ``excitation(U)`` up to floating-point rounding.
+        """
+        w_fold, b_fold = self._producer_weights(producer, norm)
+        n = h.shape[0]
+        z = h.sum((2, 3))
+        hidden = torch.addmm(b_fold, z, w_fold, alpha=1.0 / (h.shape[2] * h.shape[3])).relu_()
+        w2 = self.fc2.weight.view(self.channels, -1).t()
+        s = torch.mm(hidden, w2) if self.fc2.bias is None else torch.addmm(self.fc2.bias, hidden, w2)
+        return self._gate(s, inplace=True).view(n, self.channels, 1, 1)
+
+    def _producer_weights(self, producer: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        sources = [producer.weight, producer.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        sources += [self.fc1.weight, self.fc1.bias]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) if t is not None else None for t in sources)
+        key += (norm.eps,)
+        if self._producer_cache is None or self._producer_cache[0] != key:
+            with torch.no_grad():
+                f64 = torch.float64
+                scale = norm.running_var.to(f64).add(norm.eps).rsqrt()
+                if norm.weight is not None:
+                    scale = scale * norm.weight.to(f64)
+                shift = -norm.running_mean.to(f64) * scale
+                if norm.bias is not None:
+                    shift = shift + norm.bias.to(f64)
+                if producer.bias is not None:
+                    shift = shift + producer.bias.to(f64) * scale
+                w1 = self.fc1.weight.flatten(1).to(f64)
+                w_fold = w1 @ (scale[:, None] * producer.weight.flatten(1).to(f64))  # hidden x C_in
+                b_fold = w1 @ shift
+                if self.fc1.bias is not None:
+                    b_fold = b_fold + self.fc1.bias.to(f64)
+                dtype = self.fc1.weight.dtype
+                # stored transposed and contiguous: addmm(b, z, W) reads it row by row
+                self._producer_cache = (key, (w_fold.t().contiguous().to(dtype), b_fold.to(dtype)))
+        return self._producer_cache[1]
+
     def extra_repr(self) -> str:
-        return f"squeeze={'none' if self.no_squeeze else self.squeeze}, gate={self.gate_type}"
+        return f"squeeze={'none' if self.no_squeeze else self.squeeze}, gate={self.gate_type}, impl={self.impl}"
+
+
+def set_se_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Choose how every SE block of ``model`` is computed ('auto', 'eager' or 'triton'; see ``SE_IMPLS``)."""
+    if impl not in SE_IMPLS:
+        raise ValueError(f"se_impl must be one of {SE_IMPLS}, got {impl!r}")
+    if impl == "triton":
+        from ..ops import fused_se
+
+        if not fused_se.triton_available():
+            raise RuntimeError("se_impl='triton' needs the triton package (pip install triton); use se_impl='auto'")
+    for m in model.modules():
+        if isinstance(m, SEModule):
+            m.impl = impl
+    return model
+
+
+@contextlib.contextmanager
+def se_impl(model: nn.Module, impl: str) -> Iterator[nn.Module]:
+    """Temporarily compute every SE block of ``model`` with ``impl``; the previous choices come back afterwards."""
+    previous = [(m, m.impl) for m in model.modules() if isinstance(m, SEModule)]
+    set_se_impl(model, impl)
+    try:
+        yield model
+    finally:
+        for m, old in previous:
+            m.impl = old

@@ -1,0 +1,311 @@
+"""Throughput of a model beside its baseline, timed side by side in one process: ``tools/benchmark.py``.
+
+Both networks (and, with timm installed, timm's version of the SE model as a peer) are built, warmed up (and
+compiled), then timed in alternating rounds so that clock, thermal and load drift hit them alike. Each round times
+``iters`` consecutive iterations of one network: with CUDA events on a GPU, ``time.perf_counter`` on the CPU. The
+reported time is the median over rounds; ``throughput_ratio`` is model images/s over baseline images/s.
+
+An iteration is, for ``--mode inference``, one forward pass under ``torch.inference_mode`` in eval mode; for
+``--mode train``, forward + cross-entropy + backward + SGD step in train mode. Inputs are random and already on the
+device, so only the network is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .engine.events import format_table
+from .models import create_model
+from .models.factory import model_entry
+from .models.se import SE_IMPLS, set_se_impl
+
+MODES = ("train", "inference")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+# timm's counterparts of our SE models (timm's "seresnet50" etc. use the PyTorch-style stride in the 3x3).
+TIMM_PEERS = {
+    "se_resnet18": "seresnet18",
+    "se_resnet34": "seresnet34",
+    "se_resnet50": "seresnet50",
+    "se_resnet101": "seresnet101",
+    "se_resnet152": "seresnet152",
+    "se_resnext50_32x4d": "seresnext50_32x4d",
+    "se_resnext101_32x4d": "seresnext101_32x4d",
+    "senet154": "legacy_senet154",
+}
+
+
+@dataclass
+class Contender:
+    """One network under test: its label, its step function and its timings (seconds per iteration)."""
+
+    label: str
+    step: Callable[[], None]
+    times: list[float] = field(default_factory=list)
+
+    def images_per_second(self, batch_size: int) -> float:
+        return batch_size / statistics.median(self.times)
+
+
+def _timm_model(name: str, num_classes: int) -> nn.Module:
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
+def default_peer(model: str) -> str | None:
+    """timm's counterpart of ``model`` when timm is installed and has it, else None."""
+    name = TIMM_PEERS.get(model)
+    if name is None:
+        return None
+    try:
+        import timm
+    except ImportError:
+        return None
+    return name if timm.is_model(name) else None
+
+
+def make_step(
+    model: nn.Module,
+    mode: str,
+    device: torch.device,
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    amp: str,
+    channels_last: bool,
+    compile_mode: str | None,
+) -> Callable[[], None]:
+    """A closure running one iteration of ``model`` (see the module docstring) on fixed random inputs."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    model.train(mode == "train")
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=g)
+    images = images.to(device).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    fwd = torch.compile(model, mode=compile_mode) if compile_mode else model
+    dtype = AMP_DTYPES[amp]
+
+    if mode == "inference":
+
+        def step() -> None:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                fwd(images)
+
+        return step
+
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(fwd(images), labels)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    return step
+
+
+def time_side_by_side(
+    contenders: Sequence[Contender], device: torch.device, warmup: int, iters: int, rounds: int
+) -> None:
+    """Fill every contender's ``times`` with ``rounds`` per-iteration times, alternating the contenders."""
+    for c in contenders:
+        for _ in range(warmup):
+            c.step()
+    _sync(device)
+    for r in range(rounds):
+        order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]  # rotate who goes first
+        for c in order:
+            c.times.append(_time_iters(c.step, device, iters))
+
+
+def _time_iters(step: Callable[[], None], device: torch.device, iters: int) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000 / iters
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return (time.perf_counter() - t0) / iters
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def run_benchmark(
+    model: str,
+    baseline: str,
+    device: torch.device,
+    batch_size: int,
+    modes: Sequence[str],
+    amp: str = "none",
+    channels_last: bool = False,
+    compile_mode: str | None = None,
+    se_impl: str = "auto",
+    peer: str | None = None,
+    warmup: int = 3,
+    iters: int = 2,
+    rounds: int = 30,
+) -> dict[str, Any]:
+    """Time ``model`` beside ``baseline`` (and ``peer``, a timm model name) in each of ``modes``; return the record."""
+    family = model_entry(model).family
+    if model_entry(baseline).family != family:
+        raise ValueError(f"{model!r} ({family}) and {baseline!r} ({model_entry(baseline).family}) take other inputs")
+    image_size, num_classes = (224, 1000) if family == "imagenet" else (32, 10)
+    results = []
+    for mode in modes:
+        torch.manual_seed(0)
+        nets = {"model": set_se_impl(create_model(model, num_classes=num_classes), se_impl)}
+        nets["baseline"] = create_model(baseline, num_classes=num_classes)
+        if peer:
+            nets["peer"] = _timm_model(peer, num_classes)
+        labels = {"model": model, "baseline": baseline, "peer": f"timm:{peer}"}
+        contenders = [
+            Contender(
+                labels[k],
+                make_step(net, mode, device, batch_size, image_size, num_classes, amp, channels_last, compile_mode),
+            )
+            for k, net in nets.items()
+        ]
+        time_side_by_side(contenders, device, warmup, iters, rounds)
+        ips = {k: c.images_per_second(batch_size) for k, c in zip(nets, contenders)}
+        row: dict[str, Any] = {
+            "mode": mode,
+            "model_ips": ips["model"],
+            "baseline_ips": ips["baseline"],
+            "throughput_ratio": ips["model"] / ips["baseline"],
+        }
+        if peer:
+            ratio = ips["peer"] / ips["baseline"]
+            row["peer"] = {"name": labels["peer"], "ips": ips["peer"], "ratio_to_baseline": ratio}
+        results.append(row)
+        del contenders, nets
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "model": model,
+        "baseline": baseline,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "amp": amp,
+        "channels_last": channels_last,
+        "compile": compile_mode or False,
+        "se_impl": se_impl,
+        "timing": {"warmup": warmup, "iters": iters, "rounds": rounds},
+        "results": results,
+        "throughput_ratio": results[0]["throughput_ratio"]
+        if len(results) == 1
+        else {r["mode"]: r["throughput_ratio"] for r in results},
+    }
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """The human-readable table of a ``run_benchmark`` record."""
+    head = (
+        f"{record['model']} vs {record['baseline']}: batch {record['batch_size']}, {record['image_size']}px, "
+        f"amp {record['amp']}, channels_last {record['channels_last']}, compile {record['compile']}, "
+        f"se_impl {record['se_impl']}, {record['device']}, torch {record['torch']}"
+    )
+    rows = []
+    for r in record["results"]:
+        rows.append([r["mode"], record["model"], f"{r['model_ips']:.1f}", f"{r['throughput_ratio']:.3f}x"])
+        rows.append([r["mode"], record["baseline"], f"{r['baseline_ips']:.1f}", "1.000x"])
+        if "peer" in r:
+            p = r["peer"]
+            rows.append([r["mode"], p["name"], f"{p['ips']:.1f}", f"{p['ratio_to_baseline']:.3f}x"])
+    return head + "\n" + format_table(["mode", "network", "images/s", "vs baseline"], rows)
+
+
+def benchmark_main(argv: Sequence[str] | None = None) -> int:
+    """Command line of tools/benchmark.py."""
+    p = argparse.ArgumentParser(prog="benchmark", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="se_resnet50", help="registered model to time (default: se_resnet50)")
+    p.add_argument("--baseline", default="resnet50", help="registered model to compare with (default: resnet50)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--batch-size", type=int, default=None, help="default: 256 on CUDA, 1 on the CPU")
+    p.add_argument("--mode", choices=("train", "inference", "both"), default="both")
+    p.add_argument("--amp", choices=tuple(AMP_DTYPES), default=None, help="default: bf16 on CUDA, none on the CPU")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile every network (same mode for all)")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode with --compile (default: default)")
+    p.add_argument("--se-impl", choices=SE_IMPLS, default="auto", help="how the model's SE blocks run")
+    peer = p.add_mutually_exclusive_group()
+    peer.add_argument("--peer", default=None, help="timm model timed as a peer (default: timm's version of --model)")
+    peer.add_argument("--no-peer", action="store_true", help="do not time a timm peer")
+    p.add_argument("--warmup", type=int, default=None, help="untimed iterations per network (default: 10 CUDA, 3 CPU)")
+    p.add_argument("--iters", type=int, default=None, help="iterations per timed round (default: 10 CUDA, 2 CPU)")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per network (default: 7 CUDA, 30 CPU)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--json", action="store_true", help="print the record as one JSON line at the end")
+    args = p.parse_args(argv)
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    def pick(value: int | None, on_cuda: int, on_cpu: int) -> int:
+        return value if value is not None else (on_cuda if cuda else on_cpu)
+
+    batch_size = pick(args.batch_size, 256, 1)
+    warmup, iters, rounds = pick(args.warmup, 10, 3), pick(args.iters, 10, 2), pick(args.rounds, 7, 30)
+    if batch_size < 1 or iters < 1 or rounds < 1 or warmup < 0:
+        p.error("--batch-size, --iters and --rounds must be >= 1 and --warmup >= 0")
+    peer_name = None if args.no_peer else (args.peer or default_peer(args.model))
+    if args.peer:
+        try:
+            import timm
+        except ImportError:
+            p.error("--peer needs timm (pip install timm)")
+        if not timm.is_model(args.peer):
+            p.error(f"--peer: timm has no model {args.peer!r}")
+    record = run_benchmark(
+        args.model,
+        args.baseline,
+        device,
+        batch_size,
+        MODES if args.mode == "both" else (args.mode,),
+        amp=args.amp or ("bf16" if cuda else "none"),
+        channels_last=args.channels_last,
+        compile_mode=args.compile_mode if args.compile else None,
+        se_impl=args.se_impl,
+        peer=peer_name,
+        warmup=warmup,
+        iters=iters,
+        rounds=rounds,
+    )
+    print(format_record(record))
+    if args.json:
+        print(json.dumps(record))
+    return 0

@@ -1,0 +1,66 @@
+"""tools/benchmark.py: side-by-side timing, the printed table and the JSON record."""
+
+import json
+
+import pytest
+import torch
+
+from se_transfer.benchmark import Contender, benchmark_main, time_side_by_side
+
+
+def _last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_cifar_pair_in_both_modes(capsys):
+    argv = "--model se_resnet20 --baseline resnet20 --device cpu --batch-size 4 --mode both"
+    argv += " --warmup 1 --iters 1 --rounds 2 --no-peer --json"
+    assert benchmark_main(argv.split()) == 0
+    out = capsys.readouterr().out
+    rec = _last_json(out)
+    assert rec["model"] == "se_resnet20" and rec["baseline"] == "resnet20" and rec["image_size"] == 32
+    assert [r["mode"] for r in rec["results"]] == ["train", "inference"]
+    for r in rec["results"]:
+        assert r["model_ips"] > 0 and r["baseline_ips"] > 0 and "peer" not in r
+        assert r["throughput_ratio"] == pytest.approx(r["model_ips"] / r["baseline_ips"])
+        assert rec["throughput_ratio"][r["mode"]] == r["throughput_ratio"]
+    table = out.split("{")[0]
+    assert "se_resnet20" in table and "resnet20" in table and "images/s" in table
+
+
+def test_imagenet_pair_with_timm_peer(capsys):
+    pytest.importorskip("timm")
+    argv = "--model se_resnet18 --baseline resnet18 --device cpu --mode inference --warmup 0 --iters 1 --rounds 1"
+    assert benchmark_main([*argv.split(), "--json"]) == 0
+    rec = _last_json(capsys.readouterr().out)
+    (r,) = rec["results"]
+    assert rec["batch_size"] == 1 and rec["image_size"] == 224 and rec["amp"] == "none"
+    assert r["peer"]["name"] == "timm:seresnet18"
+    assert r["peer"]["ratio_to_baseline"] == pytest.approx(r["peer"]["ips"] / r["baseline_ips"])
+    assert isinstance(rec["throughput_ratio"], float)
+
+
+def test_models_must_take_the_same_inputs():
+    with pytest.raises(ValueError, match="take other inputs"):
+        benchmark_main("--model se_resnet20 --baseline resnet50 --device cpu --rounds 1 --no-peer".split())
+
+
+def test_bad_arguments_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        benchmark_main("--model se_resnet20 --baseline resnet20 --device cpu --rounds 0".split())
+    assert "--rounds" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            benchmark_main("--device cuda".split())
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_contenders_alternate_and_rotate():
+    order = []
+    contenders = [Contender(name, lambda n=name: order.append(n)) for name in "abc"]
+    time_side_by_side(contenders, torch.device("cpu"), warmup=1, iters=2, rounds=3)
+    assert order[:3] == ["a", "b", "c"]  # warm-up
+    timed = order[3:]
+    assert timed == ["a", "a", "b", "b", "c", "c", "b", "b", "c", "c", "a", "a", "c", "c", "a", "a", "b", "b"]
+    assert all(len(c.times) == 3 and min(c.times) >= 0 for c in contenders)
+    assert contenders[0].images_per_second(8) == pytest.approx(8 / sorted(contenders[0].times)[1])

@@ -5,6 +5,10 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+if not torch.cuda.is_available():
+    # Triton's interpreter runs the fused kernels (se_transfer.ops) on the CPU; it must be set before they are jitted.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(autouse=True)
 def _seed():

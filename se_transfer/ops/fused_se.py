@@ -1,0 +1,618 @@
+"""Fused Squeeze-and-Excitation + residual op for CUDA, written in Triton.
+
+``se_scale_residual(u, shortcut, ...)`` computes ``act(shortcut + u * gate(FC2(relu(FC1(mean_hw(u))))))``, the tail of
+an SE residual block, equal (forward and backward) to :func:`se_scale_residual_reference`.
+
+Design
+------
+Only the N x C x H x W tensors are worth fusing: the excitation itself (two FCs on an N x C vector, the gate and,
+in the backward pass, their manual derivatives) is tiny and stays in plain fp32 torch inside the ops. The big-tensor
+work is four Triton kernels; every load is cast to fp32, every accumulation is fp32, every store is cast to the
+element type of the output:
+
+* squeeze: partial sums of ``u`` over chunks of H*W, one program per (n, channel block, split), into an fp32
+  ``[N, SPLIT, C]`` buffer that torch sums and divides by H*W;
+* forward: ``out = act(u * g[n, c] + shortcut)`` in one elementwise pass;
+* backward pass 1: ``dpre = grad_out * (out > 0)`` (relu) is stored as the shortcut's gradient while the same pass
+  reduces ``sum_hw(dpre * u)`` into ``[N, SPLIT, C]`` (the gate's gradient). Without the relu the shortcut's
+  gradient is ``grad_out`` itself (no copy) and the pass only reduces;
+* backward pass 2: ``du = dpre * g[n, c] + dz[n, c] / (H*W)`` in one elementwise pass, ``dz`` coming from the FC
+  backward.
+
+Big-tensor memory traffic (T = one N x C x H x W tensor): forward 1 read (squeeze) + 2 reads and 1 write; backward
+3 reads and 1 write (pass 1) + 1 read and 1 write (pass 2): 4 T forward and 6 T backward, against about 8 T and
+10 T for the textbook eager chain (mean, mul, add, relu and their autograd backward). The backward keeps ``u`` and,
+with the relu, ``out`` (not the pre-activation) from the forward.
+
+H and W are one HW axis, which needs ``stride_h == W * stride_w`` (contiguous NCHW and channels_last both qualify;
+anything else is made contiguous first). Each tensor's own (n, c, hw) strides go to the kernels, so ``shortcut``
+may have another layout (and another float dtype) than ``u``. Outputs take ``u``'s memory format. A tile is
+``[BLOCK_HW, BLOCK_C]`` with the contiguous axis the long one (wide BLOCK_C for channels_last, wide BLOCK_HW for
+NCHW), powers of two, masked for any N, C, H, W. The reductions split H*W so that a GPU gets about
+``4 x SM count`` programs where H*W has that many tiles; the launch path has no host synchronisation.
+
+Both directions are ``torch.library.custom_op`` s (``se_transfer::se_scale_residual`` returns ``out`` and the small
+fp32 tensors the backward needs: the squeeze ``z``, the hidden activation ``a`` and the gate ``g``;
+``se_transfer::se_scale_residual_backward``) with fake implementations, so ``torch.compile`` traces them as opaque
+calls. Triton is imported on first use; without it (or on a CPU tensor outside Triton's interpreter,
+``TRITON_INTERPRET=1``) the op raises a ``RuntimeError`` saying so.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import types
+
+import torch
+import torch.nn.functional as F
+
+GATES = ("sigmoid", "tanh", "relu")
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Tile policy: at most _TILE elements per tile, the contiguous axis at most _LONG_MAX wide; a reduction launches
+# about _PROGRAMS_PER_SM x SM count programs on a GPU and splits H*W in at most _CPU_SPLIT chunks in the interpreter.
+_TILE = 2048
+_LONG_MAX = 256
+_MAX_WARPS = 4
+_PROGRAMS_PER_SM = 4
+_CPU_SPLIT = 2
+
+tl = None  # triton.language, bound by _kernels() on first use (the kernels below resolve it as a global)
+_TRITON: bool | None = None
+
+
+def se_scale_residual_reference(u, shortcut, w1, b1, w2, b2, gate="sigmoid", relu=True):
+    """Eager reference of :func:`se_scale_residual`: the fp32 SE excitation, scale, residual sum and relu."""
+    z = u.float().mean((2, 3))
+    a = torch.relu(F.linear(z, w1.flatten(1).float(), None if b1 is None else b1.float()))
+    s = F.linear(a, w2.flatten(1).float(), None if b2 is None else b2.float())
+    g = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}[gate](s)
+    out = shortcut.float() + u.float() * g[:, :, None, None]
+    if relu:
+        out = torch.relu(out)
+    return out.to(torch.result_type(u, shortcut))
+
+
+def triton_available() -> bool:
+    """Whether Triton can be imported (checked once)."""
+    global _TRITON
+    if _TRITON is None:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            _TRITON = False
+        else:
+            _TRITON = True
+    return _TRITON
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def can_run(t: torch.Tensor) -> bool:
+    """Whether the fused op can run on ``t``'s device: CUDA, or the CPU under Triton's interpreter."""
+    return triton_available() and (t.is_cuda or (t.device.type == "cpu" and _interpret()))
+
+
+def se_scale_residual(u, shortcut, w1, b1, w2, b2, gate: str = "sigmoid", relu: bool = True) -> torch.Tensor:
+    """Fused ``act(shortcut + u * gate(FC2(relu(FC1(mean_hw(u))))))``, equal to :func:`se_scale_residual_reference`.
+
+    Args:
+        u: the SE input U, N x C x H x W (fp32, fp16 or bf16).
+        shortcut: the residual branch, U's shape; any float dtype of the three and any memory layout.
+        w1, b1: the squeeze FC (hid x C x 1 x 1 or hid x C, bias hid or None).
+        w2, b2: the excitation FC (C x hid x 1 x 1 or C x hid, bias C or None).
+        gate: 'sigmoid', 'tanh' or 'relu'.
+        relu: apply the block's final relu.
+
+    Returns the result in ``torch.result_type(u, shortcut)`` with ``u``'s memory format; differentiable w.r.t. all
+    tensor arguments. Raises ``RuntimeError`` when it cannot run (no Triton, a CPU tensor outside the interpreter,
+    mismatched shapes, an unknown gate).
+    """
+    out, _, _, _ = torch.ops.se_transfer.se_scale_residual(u, shortcut, w1, b1, w2, b2, gate, relu)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton kernels (plain functions, jitted by _kernels() on first use so that this module imports without Triton)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _squeeze_kernel(
+    x_ptr, part_ptr, C, HW, CHUNK, SPLIT, s_n, s_c, s_hw, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    # part[n, split, c] = sum of x[n, c, hw] over hw in [split * CHUNK, (split + 1) * CHUNK)
+    pid = tl.program_id(0)
+    n = pid // SPLIT
+    split = pid % SPLIT
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    x_ptr += n.to(tl.int64) * s_n
+    hw0 = split * CHUNK
+    acc = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    for start in range(0, CHUNK, BLOCK_HW):
+        hw = hw0 + start + tl.arange(0, BLOCK_HW)
+        mask = (hw < HW)[:, None] & c_ok[None, :]
+        x = tl.load(x_ptr + hw[:, None] * s_hw + c[None, :] * s_c, mask=mask, other=0.0)
+        acc += x.to(tl.float32)
+    tl.store(part_ptr + pid * C + c, tl.sum(acc, axis=0), mask=c_ok)
+
+
+def _scale_residual_kernel(
+    u_ptr,
+    sc_ptr,
+    g_ptr,
+    out_ptr,
+    C,
+    HW,
+    HW_BLOCKS,
+    su_n,
+    su_c,
+    su_hw,
+    ss_n,
+    ss_c,
+    ss_hw,
+    so_n,
+    so_c,
+    so_hw,
+    RELU: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # out = act(u * g[n, c] + shortcut)
+    pid = tl.program_id(0)
+    n = (pid // HW_BLOCKS).to(tl.int64)
+    hw = (pid % HW_BLOCKS) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    mask = (hw < HW)[:, None] & c_ok[None, :]
+    g = tl.load(g_ptr + n * C + c, mask=c_ok, other=0.0)
+    u = tl.load(u_ptr + n * su_n + hw[:, None] * su_hw + c[None, :] * su_c, mask=mask, other=0.0)
+    sc = tl.load(sc_ptr + n * ss_n + hw[:, None] * ss_hw + c[None, :] * ss_c, mask=mask, other=0.0)
+    y = u.to(tl.float32) * g[None, :] + sc.to(tl.float32)
+    if RELU:
+        y = tl.where(y < 0.0, 0.0, y)  # not maximum(): a NaN stays NaN, as in torch.relu
+    tl.store(out_ptr + n * so_n + hw[:, None] * so_hw + c[None, :] * so_c, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _backward_reduce_kernel(
+    go_ptr,
+    out_ptr,
+    u_ptr,
+    dsc_ptr,
+    part_ptr,
+    C,
+    HW,
+    CHUNK,
+    SPLIT,
+    sg_n,
+    sg_c,
+    sg_hw,
+    so_n,
+    so_c,
+    so_hw,
+    su_n,
+    su_c,
+    su_hw,
+    sd_n,
+    sd_c,
+    sd_hw,
+    RELU: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # dpre = grad_out * (out > 0) stored as d_shortcut (relu only); part[n, split, c] = partial sum_hw(dpre * u)
+    pid = tl.program_id(0)
+    n = (pid // SPLIT).to(tl.int64)
+    split = pid % SPLIT
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    hw0 = split * CHUNK
+    acc = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    for start in range(0, CHUNK, BLOCK_HW):
+        hw = hw0 + start + tl.arange(0, BLOCK_HW)
+        mask = (hw < HW)[:, None] & c_ok[None, :]
+        dpre = tl.load(go_ptr + n * sg_n + hw[:, None] * sg_hw + c[None, :] * sg_c, mask=mask, other=0.0)
+        dpre = dpre.to(tl.float32)
+        if RELU:
+            o = tl.load(out_ptr + n * so_n + hw[:, None] * so_hw + c[None, :] * so_c, mask=mask, other=0.0)
+            dpre = tl.where(o <= 0, 0.0, dpre)  # torch's threshold_backward: a NaN output passes the gradient
+            d_ptrs = dsc_ptr + n * sd_n + hw[:, None] * sd_hw + c[None, :] * sd_c
+            tl.store(d_ptrs, dpre.to(dsc_ptr.dtype.element_ty), mask=mask)
+        u = tl.load(u_ptr + n * su_n + hw[:, None] * su_hw + c[None, :] * su_c, mask=mask, other=0.0)
+        acc += dpre * u.to(tl.float32)
+    tl.store(part_ptr + pid * C + c, tl.sum(acc, axis=0), mask=c_ok)
+
+
+def _backward_input_kernel(
+    src_ptr,
+    out_ptr,
+    g_ptr,
+    dzs_ptr,
+    du_ptr,
+    C,
+    HW,
+    HW_BLOCKS,
+    ss_n,
+    ss_c,
+    ss_hw,
+    so_n,
+    so_c,
+    so_hw,
+    sd_n,
+    sd_c,
+    sd_hw,
+    RECOMPUTE_RELU: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # du = dpre * g[n, c] + dz[n, c] / HW; src is dpre, or grad_out whose relu mask is recomputed from out
+    pid = tl.program_id(0)
+    n = (pid // HW_BLOCKS).to(tl.int64)
+    hw = (pid % HW_BLOCKS) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    mask = (hw < HW)[:, None] & c_ok[None, :]
+    dpre = tl.load(src_ptr + n * ss_n + hw[:, None] * ss_hw + c[None, :] * ss_c, mask=mask, other=0.0)
+    dpre = dpre.to(tl.float32)
+    if RECOMPUTE_RELU:
+        o = tl.load(out_ptr + n * so_n + hw[:, None] * so_hw + c[None, :] * so_c, mask=mask, other=0.0)
+        dpre = tl.where(o <= 0, 0.0, dpre)
+    g = tl.load(g_ptr + n * C + c, mask=c_ok, other=0.0)
+    dzs = tl.load(dzs_ptr + n * C + c, mask=c_ok, other=0.0)
+    du = dpre * g[None, :] + dzs[None, :]
+    tl.store(du_ptr + n * sd_n + hw[:, None] * sd_hw + c[None, :] * sd_c, du.to(du_ptr.dtype.element_ty), mask=mask)
+
+
+@functools.cache
+def _kernels() -> types.SimpleNamespace:
+    """Import Triton and jit the kernels (once; TRITON_INTERPRET is read here, at decoration)."""
+    global tl
+    import triton
+    import triton.language
+
+    tl = triton.language
+    return types.SimpleNamespace(
+        squeeze=triton.jit(_squeeze_kernel),
+        scale_residual=triton.jit(_scale_residual_kernel),
+        backward_reduce=triton.jit(_backward_reduce_kernel),
+        backward_input=triton.jit(_backward_input_kernel),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launch helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def _hw_collapsible(t: torch.Tensor) -> bool:
+    _, _, h, w = t.shape
+    _, _, s_h, s_w = t.stride()
+    return h == 1 or w == 1 or s_h == w * s_w
+
+
+def _canonical(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when (H, W) can be addressed as one HW axis, else a contiguous copy."""
+    return t if _hw_collapsible(t) else t.contiguous()
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """(n, c, hw) strides of a tensor that passed :func:`_canonical`."""
+    _, _, _, w = t.shape
+    s_n, s_c, s_h, s_w = t.stride()
+    return s_n, s_c, (s_w if w > 1 else s_h)
+
+
+def _new_like(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # preserve_format: a dense t keeps its strides (NCHW, channels_last); the fake impls use the same rule
+    return torch.empty_like(t, dtype=dtype)
+
+
+def _blocks(t: torch.Tensor) -> tuple[int, int, int]:
+    """(BLOCK_HW, BLOCK_C, num_warps) for a tile over ``t``: the contiguous axis is the long one."""
+    _, C, H, W = t.shape
+    HW = H * W
+    _, s_c, s_hw = _strides(t)
+    if HW == 1 or (C > 1 and s_c < s_hw):  # channels_last: C is contiguous
+        block_c = min(_pow2(C), _LONG_MAX)
+        block_hw = min(_pow2(HW), max(1, _TILE // block_c))
+    else:
+        block_hw = min(_pow2(HW), _LONG_MAX)
+        block_c = min(_pow2(C), max(1, _TILE // block_hw))
+    # 256 elements per warp: 8 per thread and tensor, at most _MAX_WARPS (16 elements per thread on full tiles)
+    num_warps = max(1, min(_MAX_WARPS, block_hw * block_c // 256))
+    return block_hw, block_c, num_warps
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _split(device: torch.device, rows: int, HW: int, block_hw: int) -> tuple[int, int]:
+    """(SPLIT, CHUNK) for a reduction over ``rows`` = N x channel blocks: CHUNK is a multiple of BLOCK_HW."""
+    hw_blocks = _cdiv(HW, block_hw)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        wanted = _cdiv(_PROGRAMS_PER_SM * _sm_count(index), rows)
+    else:
+        wanted = _CPU_SPLIT
+    split = max(1, min(hw_blocks, wanted))
+    chunk = _cdiv(hw_blocks, split) * block_hw
+    return _cdiv(HW, chunk), chunk
+
+
+def _validate(u, shortcut, w1, b1, w2, b2, gate) -> None:
+    name = "se_scale_residual"
+    if gate not in GATES:
+        raise RuntimeError(f"{name}: unsupported gate {gate!r}; expected one of {GATES}")
+    if u.dim() != 4:
+        raise RuntimeError(f"{name}: u must be N x C x H x W, got shape {tuple(u.shape)}")
+    if shortcut.shape != u.shape:
+        raise RuntimeError(f"{name}: shortcut shape {tuple(shortcut.shape)} does not match u shape {tuple(u.shape)}")
+    if u.dtype not in _DTYPES or shortcut.dtype not in _DTYPES:
+        raise RuntimeError(
+            f"{name}: u and shortcut must be float32, float16 or bfloat16, got {u.dtype}, {shortcut.dtype}"
+        )
+    if u.numel() == 0:
+        raise RuntimeError(f"{name}: empty input of shape {tuple(u.shape)}")
+    C, hid = u.shape[1], w1.shape[0]
+
+    def fc_ok(w, rows, cols):
+        return w.dim() in (2, 4) and tuple(w.shape[:2]) == (rows, cols) and all(s == 1 for s in w.shape[2:])
+
+    if not fc_ok(w1, hid, C) or not fc_ok(w2, C, hid):
+        raise RuntimeError(
+            f"{name}: for C = {C}, w1 must be hid x C (x 1 x 1) and w2 C x hid (x 1 x 1), "
+            f"got {tuple(w1.shape)} and {tuple(w2.shape)}"
+        )
+    if b1 is not None and tuple(b1.shape) != (hid,):
+        raise RuntimeError(f"{name}: b1 must have shape ({hid},), got {tuple(b1.shape)}")
+    if b2 is not None and tuple(b2.shape) != (C,):
+        raise RuntimeError(f"{name}: b2 must have shape ({C},), got {tuple(b2.shape)}")
+    devices = {t.device for t in (u, shortcut, w1, b1, w2, b2) if t is not None}
+    if len(devices) > 1:
+        raise RuntimeError(f"{name}: all tensors must be on one device, got {sorted(map(str, devices))}")
+
+
+def _require_runnable(u: torch.Tensor) -> None:
+    if not triton_available():
+        raise RuntimeError("se_scale_residual needs Triton, which is not installed")
+    if not can_run(u):
+        raise RuntimeError(
+            f"se_scale_residual runs on CUDA tensors, or on CPU tensors under Triton's interpreter "
+            f"(TRITON_INTERPRET=1); got a tensor on {u.device}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The excitation (N x C, fp32) and its manual backward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _excite(z, w1, b1, w2, b2, gate):
+    # (callers disable autocast: it would otherwise reach these FCs through the op and make a and g half precision)
+    a = torch.relu(F.linear(z, w1.flatten(1).float(), None if b1 is None else b1.float()))
+    s = F.linear(a, w2.flatten(1).float(), None if b2 is None else b2.float())
+    g = torch.sigmoid(s) if gate == "sigmoid" else torch.tanh(s) if gate == "tanh" else torch.relu(s)
+    return a, g
+
+
+def _excite_backward(dg, z, a, g, w1, b1, w2, b2, gate):
+    if gate == "sigmoid":
+        ds = dg * g * (1 - g)
+    elif gate == "tanh":
+        ds = dg * (1 - g * g)
+    else:
+        ds = torch.where(g > 0, dg, 0.0)
+    da = ds @ w2.flatten(1).float()  # N x hid
+    dh = torch.where(a > 0, da, 0.0)  # through the hidden relu
+    dz = dh @ w1.flatten(1).float()  # N x C
+    dw1 = (dh.t() @ z).to(w1.dtype).reshape(w1.shape)
+    dw2 = (ds.t() @ a).to(w2.dtype).reshape(w2.shape)
+    db1 = dh.sum(0).to(torch.float32 if b1 is None else b1.dtype)
+    db2 = ds.sum(0).to(torch.float32 if b2 is None else b2.dtype)
+    return dz, dw1, db1, dw2, db2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Custom ops
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("se_transfer::se_scale_residual", mutates_args=())
+def _se_scale_residual_op(
+    u: torch.Tensor,
+    shortcut: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+    gate: str,
+    relu: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (out, z, a, g): the result and the fp32 squeeze, hidden activation and gate."""
+    _validate(u, shortcut, w1, b1, w2, b2, gate)
+    _require_runnable(u)
+    k = _kernels()
+    u, shortcut = _canonical(u), _canonical(shortcut)
+    N, C, H, W = u.shape
+    HW = H * W
+    block_hw, block_c, num_warps = _blocks(u)
+    c_blocks = _cdiv(C, block_c)
+
+    split, chunk = _split(u.device, N * c_blocks, HW, block_hw)
+    part = torch.empty((N, split, C), device=u.device, dtype=torch.float32)
+    k.squeeze[(N * split, c_blocks)](
+        u, part, C, HW, chunk, split, *_strides(u), BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps
+    )
+    z = part.sum(1).div_(HW)
+    with torch.autocast(u.device.type, enabled=False):
+        a, g = _excite(z, w1, b1, w2, b2, gate)
+
+    out = _new_like(u, torch.promote_types(u.dtype, shortcut.dtype))
+    hw_blocks = _cdiv(HW, block_hw)
+    k.scale_residual[(N * hw_blocks, c_blocks)](
+        u,
+        shortcut,
+        g,
+        out,
+        C,
+        HW,
+        hw_blocks,
+        *_strides(u),
+        *_strides(shortcut),
+        *_strides(out),
+        RELU=relu,
+        BLOCK_HW=block_hw,
+        BLOCK_C=block_c,
+        num_warps=num_warps,
+    )
+    return out, z, a, g
+
+
+@_se_scale_residual_op.register_fake
+def _(u, shortcut, w1, b1, w2, b2, gate, relu):
+    _validate(u, shortcut, w1, b1, w2, b2, gate)
+    N, C = u.shape[:2]
+    small = {"device": u.device, "dtype": torch.float32}
+    out = _new_like(_canonical(u), torch.promote_types(u.dtype, shortcut.dtype))
+    return out, u.new_empty((N, C), **small), u.new_empty((N, w1.shape[0]), **small), u.new_empty((N, C), **small)
+
+
+@torch.library.custom_op("se_transfer::se_scale_residual_backward", mutates_args=())
+def _se_scale_residual_backward_op(
+    grad_out: torch.Tensor,
+    out: torch.Tensor | None,
+    u: torch.Tensor,
+    z: torch.Tensor,
+    a: torch.Tensor,
+    g: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+    gate: str,
+    relu: bool,
+    shortcut_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (du, d_shortcut, dw1, db1, dw2, db2).
+
+    ``out`` is needed (and read) only with the relu; without it ``d_shortcut`` is ``grad_out`` itself, which an op
+    cannot return (outputs must not alias inputs), so it comes back empty and the autograd wrapper uses grad_out.
+    A missing bias gets an fp32 gradient that the wrapper drops.
+    """
+    _validate_backward(grad_out, out, u, relu)
+    _require_runnable(u)
+    k = _kernels()
+    grad_out, u = _canonical(grad_out), _canonical(u)
+    N, C, H, W = u.shape
+    HW = H * W
+    block_hw, block_c, num_warps = _blocks(u)
+    c_blocks = _cdiv(C, block_c)
+    tiles = {"BLOCK_HW": block_hw, "BLOCK_C": block_c, "num_warps": num_warps}
+
+    if relu:
+        out = _canonical(out)
+        d_shortcut = d_shortcut_arg = _new_like(grad_out, shortcut_dtype)
+    else:
+        out = d_shortcut_arg = grad_out  # placeholders: the kernels touch neither without the relu
+        d_shortcut = grad_out.new_empty((0,), dtype=shortcut_dtype)
+    split, chunk = _split(u.device, N * c_blocks, HW, block_hw)
+    part = torch.empty((N, split, C), device=u.device, dtype=torch.float32)
+    k.backward_reduce[(N * split, c_blocks)](
+        grad_out,
+        out,
+        u,
+        d_shortcut_arg,
+        part,
+        C,
+        HW,
+        chunk,
+        split,
+        *_strides(grad_out),
+        *_strides(out),
+        *_strides(u),
+        *_strides(d_shortcut_arg),
+        RELU=relu,
+        **tiles,
+    )
+    with torch.autocast(u.device.type, enabled=False):
+        dz, dw1, db1, dw2, db2 = _excite_backward(part.sum(1), z, a, g, w1, b1, w2, b2, gate)
+
+    # pass 2 reads dpre back from d_shortcut unless storing it there lost precision (shortcut narrower than out)
+    reuse = relu and d_shortcut.dtype == grad_out.dtype
+    src = d_shortcut if reuse else grad_out
+    du = _new_like(u, u.dtype)
+    hw_blocks = _cdiv(HW, block_hw)
+    k.backward_input[(N * hw_blocks, c_blocks)](
+        src,
+        out,
+        g,
+        dz.div_(HW),
+        du,
+        C,
+        HW,
+        hw_blocks,
+        *_strides(src),
+        *_strides(out),
+        *_strides(du),
+        RECOMPUTE_RELU=relu and not reuse,
+        **tiles,
+    )
+    return du, d_shortcut, dw1, db1, dw2, db2
+
+
+def _validate_backward(grad_out, out, u, relu) -> None:
+    if grad_out.shape != u.shape:
+        raise RuntimeError(
+            f"se_scale_residual_backward: grad_out shape {tuple(grad_out.shape)} != u shape {tuple(u.shape)}"
+        )
+    if relu and (out is None or out.shape != u.shape):
+        shape = None if out is None else tuple(out.shape)
+        raise RuntimeError(f"se_scale_residual_backward: relu needs out of u's shape {tuple(u.shape)}, got {shape}")
+
+
+@_se_scale_residual_backward_op.register_fake
+def _(grad_out, out, u, z, a, g, w1, b1, w2, b2, gate, relu, shortcut_dtype):
+    _validate_backward(grad_out, out, u, relu)
+    grad_out = _canonical(grad_out)
+    if relu:
+        d_shortcut = _new_like(grad_out, shortcut_dtype)
+    else:
+        d_shortcut = grad_out.new_empty((0,), dtype=shortcut_dtype)
+    hid, C = w1.shape[0], u.shape[1]
+    db1 = a.new_empty((hid,), dtype=torch.float32 if b1 is None else b1.dtype)
+    db2 = a.new_empty((C,), dtype=torch.float32 if b2 is None else b2.dtype)
+    return _new_like(_canonical(u), u.dtype), d_shortcut, torch.empty_like(w1), db1, torch.empty_like(w2), db2
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    u, shortcut, w1, b1, w2, b2, gate, relu = inputs
+    out, z, a, g = output
+    ctx.mark_non_differentiable(z, a, g)
+    ctx.save_for_backward(u, out if relu else None, z, a, g, w1, b1, w2, b2)
+    ctx.gate, ctx.relu, ctx.shortcut_dtype = gate, relu, shortcut.dtype
+
+
+def _backward(ctx, grad_out, _gz, _ga, _gg):
+    u, out, z, a, g, w1, b1, w2, b2 = ctx.saved_tensors
+    du, d_shortcut, dw1, db1, dw2, db2 = torch.ops.se_transfer.se_scale_residual_backward(
+        grad_out, out, u, z, a, g, w1, b1, w2, b2, ctx.gate, ctx.relu, ctx.shortcut_dtype
+    )
+    if not ctx.relu:
+        d_shortcut = grad_out.to(ctx.shortcut_dtype)  # grad_out itself when the dtypes agree
+    return du, d_shortcut, dw1, None if b1 is None else db1, dw2, None if b2 is None else db2, None, None
+
+
+_se_scale_residual_op.register_autograd(_backward, setup_context=_setup_context)

@@ -275,6 +275,7 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
+
     def pick(value: int | None, on_cuda: int, on_cpu: int) -> int:
         return value if value is not None else (on_cuda if cuda else on_cpu)
 

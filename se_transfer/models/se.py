@@ -18,6 +18,8 @@ GATE_TYPES = ("sigmoid", "tanh", "relu")
 #   'auto'   Triton on CUDA tensors when it is installed; elsewhere eager, except that inference without autograd
 #            in a bottleneck takes the squeeze from the producer of U (see SEModule.producer_excitation).
 SE_IMPLS = ("auto", "eager", "triton")
+_AFFINE = ("weight", "bias")
+_NORM_STATE = ("weight", "bias", "running_mean", "running_var")
 
 
 def se_hidden_channels(channels: int, reduction: int) -> int:
@@ -68,7 +70,8 @@ class SEModule(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=bias)
         self.impl = "auto"
-        self._producer_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._producer_cache: tuple[list, tuple[torch.Tensor, ...]] | None = None
+        self._producer_ok: tuple[nn.Module, nn.Module, bool, list] | None = None
 
     def _gate(self, s: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if self.gate_type == "sigmoid":
@@ -134,16 +137,35 @@ class SEModule(nn.Module):
     def can_use_producer(self, producer: nn.Conv2d, norm: nn.Module) -> bool:
         """Whether ``producer_excitation`` applies: inference without autograd, U = norm(producer(h)) with a 1x1,
         stride-1, ungrouped producer and a norm that is a fixed per-channel affine map, average squeeze."""
-        if self.impl != "auto" or torch.is_grad_enabled() or self.no_squeeze or self.squeeze != "avg":
+        # Called once per block and forward at batch 1 too, so the cheap run-time conditions come first and the
+        # structural ones are worked out once per (producer, norm) pair.
+        if self.impl != "auto" or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return False  # (the compiler fuses the squeeze itself; its graphs stay free of caches)
+        if self._producer_ok is None or self._producer_ok[0] is not producer or self._producer_ok[1] is not norm:
+            slots = [
+                (mod._buffers if name in mod._buffers else mod._parameters, name)
+                for mod, names in (
+                    (producer, _AFFINE),
+                    (norm, _NORM_STATE),
+                    (self._modules["fc1"], _AFFINE),
+                    (self._modules["fc2"], _AFFINE),
+                )
+                for name in names
+            ]
+            self._producer_ok = (producer, norm, self._producer_structure_ok(producer, norm), slots)
+        if not self._producer_ok[2]:
             return False
-        if torch.compiler.is_compiling():  # the compiler fuses the squeeze itself; keep its graph free of caches
+        return not norm.training or not isinstance(norm, nn.BatchNorm2d)  # BN in training uses the batch's statistics
+
+    def _producer_structure_ok(self, producer: nn.Conv2d, norm: nn.Module) -> bool:
+        if self.no_squeeze or self.squeeze != "avg" or not isinstance(producer, nn.Conv2d):
             return False
         if producer.kernel_size != (1, 1) or producer.stride != (1, 1) or producer.groups != 1:
             return False
         if producer.padding not in ((0, 0), "valid") or producer.dilation != (1, 1):
             return False
         if isinstance(norm, nn.BatchNorm2d):
-            return not norm.training and norm.running_mean is not None
+            return norm.running_mean is not None and norm.running_var is not None
         return isinstance(norm, FrozenBatchNorm2d)
 
     def producer_excitation(self, h: torch.Tensor, producer: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
@@ -152,42 +174,45 @@ class SEModule(nn.Module):
         With a 1x1 stride-1 producer W and an affine norm (scale a, shift b), the mean of U over space is
         a * (W @ mean(h)) + b, so fc1(mean(U)) = W' @ mean(h) + b' with W' = fc1 diag(a) W and b' = fc1 b + b_fc1.
         The squeeze then reads h (a quarter of U's channels in a bottleneck) and fc1 reads W' (a quarter of fc1's
-        size). W' and b' are cached and rebuilt whenever any of the tensors they come from changes. Equal to
-        ``excitation(U)`` up to floating-point rounding.
+        size). W' and b' are cached and rebuilt whenever any of the tensors they come from changes (checked by
+        storage and version counter on every call). Equal to ``excitation(U)`` up to floating-point rounding.
         """
-        w_fold, b_fold = self._producer_weights(producer, norm)
+        w_fold, b_fold, w2_t, b2 = self._producer_weights(producer, norm)
         n = h.shape[0]
-        z = h.sum((2, 3))
-        hidden = torch.addmm(b_fold, z, w_fold, alpha=1.0 / (h.shape[2] * h.shape[3])).relu_()
-        w2 = self.fc2.weight.view(self.channels, -1).t()
-        s = torch.mm(hidden, w2) if self.fc2.bias is None else torch.addmm(self.fc2.bias, hidden, w2)
+        hidden = torch.addmm(b_fold, h.sum((2, 3)), w_fold, alpha=1.0 / (h.shape[2] * h.shape[3])).relu_()
+        s = torch.mm(hidden, w2_t) if b2 is None else torch.addmm(b2, hidden, w2_t)
         return self._gate(s, inplace=True).view(n, self.channels, 1, 1)
 
-    def _producer_weights(self, producer: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        sources = [producer.weight, producer.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var]
-        sources += [self.fc1.weight, self.fc1.bias]
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) if t is not None else None for t in sources)
-        key += (norm.eps,)
+    def _producer_weights(self, producer: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, ...]:
+        # The cache key: storage and version counter of every tensor W', b' and fc2 come from, read straight from
+        # the modules' dicts (this runs per block and forward; Module.__getattr__ would cost more than the FCs).
+        slots = self._producer_ok[3]
+        key = [None if (t := d.get(n)) is None else (t.data_ptr(), t._version) for d, n in slots]
+        key.append(norm.eps)
         if self._producer_cache is None or self._producer_cache[0] != key:
-            with torch.no_grad():
-                f64 = torch.float64
-                scale = norm.running_var.to(f64).add(norm.eps).rsqrt()
-                if norm.weight is not None:
-                    scale = scale * norm.weight.to(f64)
-                shift = -norm.running_mean.to(f64) * scale
-                if norm.bias is not None:
-                    shift = shift + norm.bias.to(f64)
-                if producer.bias is not None:
-                    shift = shift + producer.bias.to(f64) * scale
-                w1 = self.fc1.weight.flatten(1).to(f64)
-                w_fold = w1 @ (scale[:, None] * producer.weight.flatten(1).to(f64))  # hidden x C_in
-                b_fold = w1 @ shift
-                if self.fc1.bias is not None:
-                    b_fold = b_fold + self.fc1.bias.to(f64)
-                dtype = self.fc1.weight.dtype
-                # stored transposed and contiguous: addmm(b, z, W) reads it row by row
-                self._producer_cache = (key, (w_fold.t().contiguous().to(dtype), b_fold.to(dtype)))
+            self._producer_cache = (key, self._fold(producer, norm, self._modules["fc1"], self._modules["fc2"]))
         return self._producer_cache[1]
+
+    def _fold(self, producer: nn.Conv2d, norm: nn.Module, fc1: nn.Conv2d, fc2: nn.Conv2d) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            f64 = torch.float64
+            scale = norm.running_var.to(f64).add(norm.eps).rsqrt()
+            if norm.weight is not None:
+                scale = scale * norm.weight.to(f64)
+            shift = -norm.running_mean.to(f64) * scale
+            if norm.bias is not None:
+                shift = shift + norm.bias.to(f64)
+            if producer.bias is not None:
+                shift = shift + producer.bias.to(f64) * scale
+            w1 = fc1.weight.flatten(1).to(f64)
+            w_fold = w1 @ (scale[:, None] * producer.weight.flatten(1).to(f64))  # hidden x C_in
+            b_fold = w1 @ shift
+            if fc1.bias is not None:
+                b_fold = b_fold + fc1.bias.to(f64)
+            dtype = fc1.weight.dtype
+            # W' transposed and contiguous (addmm(b, z, W'^T) reads it row by row); fc2 as a transposed view
+            w2_t = fc2.weight.view(self.channels, -1).t()
+            return w_fold.t().contiguous().to(dtype), b_fold.to(dtype), w2_t, fc2.bias
 
     def extra_repr(self) -> str:
         return f"squeeze={'none' if self.no_squeeze else self.squeeze}, gate={self.gate_type}, impl={self.impl}"

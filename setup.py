@@ -34,6 +34,7 @@ setup(
             "se-train=se_transfer.cli:train_main",
             "se-eval-coco=se_transfer.detection.evaluation:eval_coco_main",
             "se-visualize-coco=se_transfer.detection.visualize:visualize_main",
+            "se-benchmark=se_transfer.benchmark:benchmark_main",
         ]
     },
 )

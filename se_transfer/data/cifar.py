@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .common import FAKE_COLOURS
 from .transforms import apply_crop_flip, apply_cutout, normalize, sample_crop_flip, sample_cutout
 
 __all__ = [
@@ -328,23 +329,6 @@ def _dump_py2(obj: Any, path: Path) -> None:
 
 _CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-# Ten well-separated foreground colours (R, G, B).
-_PALETTE = np.array(
-    [
-        [230, 40, 40],
-        [40, 200, 40],
-        [50, 80, 240],
-        [240, 220, 40],
-        [220, 50, 220],
-        [40, 220, 220],
-        [250, 140, 20],
-        [130, 60, 200],
-        [240, 240, 240],
-        [140, 100, 60],
-    ],
-    dtype=np.float32,
-)
-
 
 def _pattern(kind: int, rng: np.random.Generator) -> np.ndarray:
     """A 32 x 32 mask in [0, 1] of one of ten shift- and mirror-robust patterns, at a random phase."""
@@ -368,7 +352,7 @@ def _fake_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator)
     """N x 3072 uint8 images whose colour and pattern encode the class, with brightness jitter and noise."""
     out = np.empty((labels.shape[0], 3, _IMAGE_SIZE, _IMAGE_SIZE), dtype=np.uint8)
     for i, c in enumerate(labels.tolist()):
-        colour = _PALETTE[c % 10]
+        colour = FAKE_COLOURS[c % 10]
         kind = c % 10 if num_classes <= 10 else c // 10
         mask = _pattern(kind, rng)
         fg = colour * rng.uniform(0.85, 1.0)

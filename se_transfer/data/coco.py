@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .cifar import DatasetError
+from .common import loader_generator
 
 __all__ = [
     "COCO_2014_TRAIN_PAIR",
@@ -500,7 +501,8 @@ def build_detection_loader(
     else one group), shuffled per epoch from ``seed``, sharded, equal batch counts on all ranks, incomplete batches
     dropped. The loader is one epoch long and knows nothing of iterations: training loops over
     :func:`infinite_batches` (``start_epoch`` and ``start_batch`` to resume), which calls ``set_epoch`` every epoch.
-    Augmentation randomness (Python's ``random``) is seeded per worker from a generator seeded by (``seed``, rank).
+    Augmentation randomness: torch seeds every worker's ``random`` and numpy from the loader generator, seeded by
+    (``seed``, rank) (:func:`loader_generator`).
     Evaluation: :class:`InferenceBatchSampler`, sequential, strided by rank, nothing dropped, no augmentation order.
     Workers persist across epochs when ``num_workers > 0``; memory is pinned when CUDA is available.
     """
@@ -511,8 +513,6 @@ def build_detection_loader(
         )
     else:
         batch_sampler = InferenceBatchSampler(len(dataset), batch_size_per_rank, rank=rank, world_size=world_size)
-    generator = torch.Generator()
-    generator.manual_seed(int(np.random.default_rng([seed, rank]).integers(0, 2**62)))
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
@@ -520,7 +520,7 @@ def build_detection_loader(
         collate_fn=collate_detection,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
-        generator=generator,
+        generator=loader_generator(seed, rank),
     )
 
 

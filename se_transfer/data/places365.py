@@ -21,7 +21,6 @@ import itertools
 import logging
 import math
 import os
-import random
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .cifar import DatasetError
 from .coco import read_rgb_image
+from .common import FAKE_COLOURS, loader_generator
 
 __all__ = [
     "PLACES365_NUM_CLASSES",
@@ -373,13 +373,6 @@ class ResumableDistributedSampler(DistributedSampler):
         return itertools.islice(super().__iter__(), start, None)
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Seed Python's and numpy's global generators in a DataLoader worker from torch's per-worker seed."""
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-
-
 def build_classification_loader(
     dataset: Dataset,
     batch_size_per_rank: int,
@@ -398,8 +391,8 @@ def build_classification_loader(
     from r (the tail beyond a multiple of world_size dropped). In evaluation the order is sequential and, as
     DistributedSampler does, the shards are padded to equal length by repeating the first indices, so with
     ``world_size > 1`` up to world_size - 1 images are seen twice. ``drop_last`` (incomplete last batch) defaults to
-    ``train``. Augmentation randomness: every worker seeds Python's ``random`` and numpy from its torch seed, which
-    comes from a loader generator seeded by (``seed``, rank); with ``num_workers=0`` the transforms use the main
+    ``train``. Augmentation randomness: torch seeds every worker's ``random`` and numpy from the loader generator,
+    seeded by (``seed``, rank) (:func:`loader_generator`); with ``num_workers=0`` the transforms use the main
     process's ``random``. Memory is pinned when CUDA is available; workers persist across epochs.
     """
     if batch_size_per_rank <= 0:
@@ -409,8 +402,6 @@ def build_classification_loader(
     sampler = ResumableDistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
     )
-    generator = torch.Generator()
-    generator.manual_seed(int(np.random.default_rng([seed, rank]).integers(0, 2**62)))
     return DataLoader(
         dataset,
         batch_size=batch_size_per_rank,
@@ -419,8 +410,7 @@ def build_classification_loader(
         pin_memory=torch.cuda.is_available(),
         drop_last=train if drop_last is None else drop_last,
         persistent_workers=num_workers > 0,
-        worker_init_fn=_seed_worker,
-        generator=generator,
+        generator=loader_generator(seed, rank),
     )
 
 
@@ -488,7 +478,6 @@ def benchmark_input_pipeline(dataset: Dataset, batch_size: int, num_workers: int
         num_workers=num_workers,
         drop_last=False,
         persistent_workers=num_workers > 0,
-        worker_init_fn=_seed_worker,
         generator=generator,
         prefetch_factor=_PREFETCH if num_workers > 0 else None,
     )
@@ -526,20 +515,8 @@ def benchmark_input_pipeline(dataset: Dataset, batch_size: int, num_workers: int
 # Fake data
 # ---------------------------------------------------------------------------------------------------------------------
 
-# Eight well-separated foreground colours (R, G, B).
-_PALETTE = np.array(
-    [
-        [230, 40, 40],
-        [40, 200, 40],
-        [50, 80, 240],
-        [240, 220, 40],
-        [220, 50, 220],
-        [40, 220, 220],
-        [250, 140, 20],
-        [240, 240, 240],
-    ],
-    dtype=np.float32,
-)
+# Eight of the shared colours (the purple and the brown of CIFAR's ten are left out).
+_PALETTE = FAKE_COLOURS[[0, 1, 2, 3, 4, 5, 6, 8]]
 _ANGLES = 12  # stripe directions, 15 degrees apart
 _PERIODS = (3.0, 6.0, 12.0, 24.0)  # stripes per shorter side
 

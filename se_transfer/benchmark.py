@@ -125,14 +125,15 @@ def time_side_by_side(
     for c in contenders:
         for _ in range(warmup):
             c.step()
-    _sync(device)
+    sync_device(device)
     for r in range(rounds):
         order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]  # rotate who goes first
         for c in order:
-            c.times.append(_time_iters(c.step, device, iters))
+            c.times.append(time_iters(c.step, device, iters))
 
 
-def _time_iters(step: Callable[[], None], device: torch.device, iters: int) -> float:
+def time_iters(step: Callable[[], None], device: torch.device, iters: int) -> float:
+    """Seconds per iteration of ``iters`` back-to-back calls of ``step`` (CUDA events on a GPU)."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -147,12 +148,14 @@ def _time_iters(step: Callable[[], None], device: torch.device, iters: int) -> f
     return (time.perf_counter() - t0) / iters
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU and its thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..benchmark import device_name, sync_device
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader
 from ..engine.events import format_table
 from ..models import create_model
@@ -47,11 +48,6 @@ def _make_step(
     return step, model
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def benchmark(
     models: Sequence[str],
     modes: Sequence[str],
@@ -83,15 +79,15 @@ def benchmark(
         for fn in steps_fns.values():  # warm-up (and compilation) outside the timed windows
             for images, labels in _take(loader, warmup):
                 fn(images, labels)
-        _sync(device)
+        sync_device(device)
         for r in range(rounds):  # alternate the models so that clock and thermal drift hit both alike
             for m, fn in steps_fns.items():
                 batches = list(_take(loader, steps, epoch=r + 1))
-                _sync(device)
+                sync_device(device)
                 t0 = time.perf_counter()
                 for images, labels in batches:
                     fn(images, labels)
-                _sync(device)
+                sync_device(device)
                 times[m].append(time.perf_counter() - t0)
         for m in models:
             results.append({"model": m, "mode": mode, "ims_per_sec": batch_size * steps / statistics.median(times[m])})
@@ -144,7 +140,7 @@ def benchmark_cifar_main(argv: Sequence[str] | None = None) -> int:
     base = {r["mode"]: r["ims_per_sec"] for r in results if r["model"] == args.models[0]}
     for r in results:
         r["ratio_to_first"] = r["ims_per_sec"] / base[r["mode"]]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     print(
         f"CIFAR training step, batch {args.batch_size}, amp {amp}, channels_last {args.channels_last}, "
         f"se_impl {args.se_impl}, {name}"

@@ -14,23 +14,17 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from ..benchmark import device_name, make_step, sync_device, time_iters
 from ..data.places365 import PLACES365_NUM_CLASSES, Places365, benchmark_input_pipeline, write_fake_places365
 from ..data.transforms import ClassificationTransform
 from ..engine.events import format_table
 from ..models import create_model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def benchmark_model_step(
@@ -49,33 +43,12 @@ def benchmark_model_step(
     """
     if batch_size <= 0 or steps <= 0 or warmup < 0:
         raise ValueError(f"need batch_size > 0, steps > 0, warmup >= 0; got {batch_size}, {steps}, {warmup}")
-    model = create_model(model_name, num_classes=PLACES365_NUM_CLASSES).to(device).train()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch_size, 3, size, size, generator=g).to(device, memory_format=memory_format)
-    labels = torch.randint(0, PLACES365_NUM_CLASSES, (batch_size,), generator=g).to(device)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = nn.functional.cross_entropy(model(images), labels)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-
+    model = create_model(model_name, num_classes=PLACES365_NUM_CLASSES)
+    step = make_step(model, "train", device, batch_size, size, PLACES365_NUM_CLASSES, amp, channels_last, None)
     for _ in range(warmup):
         step()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    sync_device(device)
+    times = [time_iters(step, device, 1) for _ in range(steps)]
     median = statistics.median(times)
     return {
         "model": model_name,
@@ -85,12 +58,6 @@ def benchmark_model_step(
         "ms_per_step": 1000.0 * median,
         "images_per_sec": batch_size / median,
     }
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 def benchmark_places_main(argv: Sequence[str] | None = None) -> int:
@@ -163,7 +130,7 @@ def benchmark_places_main(argv: Sequence[str] | None = None) -> int:
 
     print(
         f"Places365 input pipeline ({args.split}, {'large' if args.large else '256'} folder, {len(dataset)} images, "
-        f"batch {args.batch_size}, {os.cpu_count()} CPUs) vs training step on {_device_name(device)}"
+        f"batch {args.batch_size}, {os.cpu_count()} CPUs) vs training step on {device_name(device)}"
     )
     rows = [
         [
@@ -192,7 +159,7 @@ def benchmark_places_main(argv: Sequence[str] | None = None) -> int:
             print(f"loading does NOT keep up with any worker count tried ({need:.0f} images/s needed)")
     if args.json:
         out = {
-            "device": _device_name(device),
+            "device": device_name(device),
             "split": args.split,
             "images": len(dataset),
             "pipeline": pipeline,

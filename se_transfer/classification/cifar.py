@@ -15,7 +15,7 @@ from ..config import CfgNode
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
 from ..engine import default_setup, format_table, get_rank, get_world_size, is_main_process
 from ..engine.distributed import all_reduce_sum, synchronize
-from ..engine.runner import record_evaluation, run_training, schedule_from_cfg, wrap_for_training
+from ..engine.runner import record_evaluation, run_training, schedule_from_cfg
 from .model import build_classifier, cross_entropy_loss
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,6 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
     _, results = run_training(
         cfg,
         model,
-        wrap_for_training(cfg, model, device),
         batches=lambda start: _batches(train_loader, start),
         loss_fn=cross_entropy_loss,
         eval_fn=lambda: evaluate(model, test_loader, amp_dtype),

@@ -24,7 +24,7 @@ from ..data.places365 import (
 from ..data.transforms import ClassificationTransform
 from ..engine import default_setup, format_table, get_rank, get_world_size, is_main_process
 from ..engine.distributed import all_gather_object, synchronize
-from ..engine.runner import record_evaluation, run_training, schedule_from_cfg, wrap_for_training
+from ..engine.runner import record_evaluation, run_training, schedule_from_cfg
 from .model import attach_input_normalization, build_classifier, cross_entropy_loss
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,6 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
     _, results = run_training(
         cfg,
         model,
-        wrap_for_training(cfg, model, device),
         batches=batches,
         loss_fn=cross_entropy_loss,
         eval_fn=lambda: evaluate(model, val_loader, val_set, device, cfg.OUTPUT_DIR),

@@ -21,7 +21,7 @@ from ..data.coco import (
 from ..data.transforms import DetectionTransform
 from ..engine import default_setup, format_table, get_rank, get_world_size, is_main_process
 from ..engine.distributed import synchronize
-from ..engine.runner import record_evaluation, run_training, wrap_for_training
+from ..engine.runner import record_evaluation, run_training
 from .evaluation import COCOEvaluator, format_results_table
 from .model import build_faster_rcnn
 
@@ -173,7 +173,6 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
     _, results = run_training(
         cfg,
         model,
-        wrap_for_training(cfg, model, device),
         batches=batches,
         loss_fn=loss_fn,
         eval_fn=lambda: evaluate(model, test_loader, evaluator, device),

@@ -22,7 +22,6 @@ from .trainer import CheckpointHook, EvalHook, LoggingHook, LossFn, Trainer
 def run_training(
     cfg: CfgNode,
     model: nn.Module,
-    train_model: nn.Module,
     batches: Callable[[int], Iterator[Any]],
     loss_fn: LossFn,
     eval_fn: Callable[[], dict[str, float]],
@@ -33,7 +32,7 @@ def run_training(
     iters_per_epoch: int = 0,
     resume: bool = False,
 ) -> tuple[Trainer, dict[str, Any]]:
-    """Train ``train_model`` (``model`` wrapped by DDP / compile, or itself) as cfg.SOLVER says; evaluate at the end.
+    """Train ``model`` (wrapped by DDP / compile as ``wrap_for_training`` says) as cfg.SOLVER says; evaluate at the end.
 
     Returns the trainer and the final results: the last evaluation plus train_time_s, iterations and plots.
     """
@@ -51,7 +50,7 @@ def run_training(
         warmup_factor=s.WARMUP_FACTOR,
     )
     trainer = Trainer(
-        train_model,
+        wrap_for_training(cfg, model, device),
         optimizer,
         scheduler,
         batches=batches,

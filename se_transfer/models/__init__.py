@@ -2,7 +2,7 @@
 
 from .factory import MODEL_REGISTRY, baseline_of, create_model, list_models, model_defaults, register_model
 from .resnet import STAGE_NAMES, BasicBlock, Bottleneck, ResNet, ShapeSpec, convert_frozen_batchnorm
-from .se import SEModule
+from .se import SE_IMPLS, SEModule, se_impl, set_se_impl
 from .weights import (
     CAFFE_BGR,
     IMAGENET_RGB,
@@ -21,6 +21,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ResNet",
+    "SE_IMPLS",
     "SEModule",
     "ShapeSpec",
     "WeightsError",
@@ -34,6 +35,8 @@ __all__ = [
     "read_checkpoint",
     "save_detectron2",
     "save_weights",
+    "se_impl",
+    "set_se_impl",
 ]
 
 from . import cifar  # noqa: F401  (registers the CIFAR models)

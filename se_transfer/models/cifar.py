@@ -18,7 +18,7 @@ from torch import nn
 from torch.autograd.function import FunctionCtx
 
 from .factory import register_model
-from .resnet import init_weights
+from .resnet import check_choice, init_weights
 from .se import SEModule
 
 SHORTCUT_TYPES = ("A", "B")
@@ -34,11 +34,6 @@ def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int =
 
 def _conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-
-
-def _check(name: str, value: object, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def _blocks_per_stage(depth: int, layers_per_block: int, extra: int, family: str) -> int:
@@ -176,7 +171,7 @@ class CifarResNet(_CifarNet):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        _check("shortcut", shortcut, SHORTCUT_TYPES)
+        check_choice("shortcut", shortcut, SHORTCUT_TYPES)
         n = _blocks_per_stage(depth, 2, 2, "CifarResNet")
         self.conv1 = _conv3x3(in_chans, 16)
         self.bn1 = nn.BatchNorm2d(16)
@@ -546,10 +541,10 @@ class ShakeShake(_CifarNet):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        _check("block", block, SHAKE_BLOCKS)
-        _check("shake_forward", shake_forward, SHAKE_FORWARD)
-        _check("shake_backward", shake_backward, SHAKE_BACKWARD)
-        _check("shake_level", shake_level, SHAKE_LEVELS)
+        check_choice("block", block, SHAKE_BLOCKS)
+        check_choice("shake_forward", shake_forward, SHAKE_FORWARD)
+        check_choice("shake_backward", shake_backward, SHAKE_BACKWARD)
+        check_choice("shake_level", shake_level, SHAKE_LEVELS)
         if block == "basic" and cardinality != 1:
             raise ValueError("Shake-Shake basic blocks support only cardinality=1")
         n = _blocks_per_stage(depth, 2 if block == "basic" else 3, 2, f"ShakeShake ({block})")

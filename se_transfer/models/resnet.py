@@ -211,9 +211,7 @@ class Bottleneck(_ResidualBlock):
         return self.bn3(self.conv3(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.se_variant != "standard" or not self.se.can_use_producer(self.conv3, self.bn3):
-            return super().forward(x)
-        if x.is_cuda and self.se.use_triton(x):  # one fused kernel for scale + sum + ReLU beats the shortcut there
+        if self.se_variant != "standard" or not self.se.can_use_producer(x, self.conv3, self.bn3):
             return super().forward(x)
         # Inference: the gate comes from the input of conv3 (SEModule.producer_excitation), before conv3 runs,
         # so U is written once and read once (by the scale + sum), as in the baseline's sum.
@@ -224,7 +222,8 @@ class Bottleneck(_ResidualBlock):
         return torch.addcmul(shortcut, self.bn3(self.conv3(h)), gate).relu_()
 
 
-def _check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """A ValueError naming the argument and its valid values when ``value`` is not one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
@@ -292,11 +291,11 @@ class ResNet(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        _check_choice("block", block, BLOCK_TYPES)
-        _check_choice("stem_type", stem_type, STEM_TYPES)
-        _check_choice("stem_pool", stem_pool, STEM_POOLS)
-        _check_choice("se_variant", se_variant, SE_VARIANTS)
-        _check_choice("norm", norm, NORM_TYPES)
+        check_choice("block", block, BLOCK_TYPES)
+        check_choice("stem_type", stem_type, STEM_TYPES)
+        check_choice("stem_pool", stem_pool, STEM_POOLS)
+        check_choice("se_variant", se_variant, SE_VARIANTS)
+        check_choice("norm", norm, NORM_TYPES)
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ValueError(f"layers must give 4 positive block counts (res2..res5), got {tuple(layers)}")
         bad = [s for s in se_stages if s not in (2, 3, 4, 5)]

@@ -71,7 +71,7 @@ class SEModule(nn.Module):
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=bias)
         self.impl = "auto"
         self._producer_cache: tuple[list, tuple[torch.Tensor, ...]] | None = None
-        self._producer_ok: tuple[nn.Module, nn.Module, bool, list] | None = None
+        self._producer_plan: tuple[nn.Module, nn.Module, bool, list] | None = None
 
     def _gate(self, s: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if self.gate_type == "sigmoid":
@@ -134,28 +134,33 @@ class SEModule(nn.Module):
         out = torch.addcmul(shortcut, u, self.excitation(u))
         return out.relu_() if relu else out
 
-    def can_use_producer(self, producer: nn.Conv2d, norm: nn.Module) -> bool:
-        """Whether ``producer_excitation`` applies: inference without autograd, U = norm(producer(h)) with a 1x1,
-        stride-1, ungrouped producer and a norm that is a fixed per-channel affine map, average squeeze."""
+    def can_use_producer(self, x: torch.Tensor, producer: nn.Conv2d, norm: nn.Module) -> bool:
+        """Whether ``producer_excitation`` applies to a block with input ``x``: inference without autograd where the
+        fused kernels do not run (they do scale + sum + ReLU in one pass), U = norm(producer(h)) with a 1x1, stride-1,
+        ungrouped producer and a norm that is a fixed per-channel affine map, average squeeze."""
         # Called once per block and forward at batch 1 too, so the cheap run-time conditions come first and the
         # structural ones are worked out once per (producer, norm) pair.
         if self.impl != "auto" or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return False  # (the compiler fuses the squeeze itself; its graphs stay free of caches)
-        if self._producer_ok is None or self._producer_ok[0] is not producer or self._producer_ok[1] is not norm:
-            slots = [
-                (mod._buffers if name in mod._buffers else mod._parameters, name)
-                for mod, names in (
-                    (producer, _AFFINE),
-                    (norm, _NORM_STATE),
-                    (self._modules["fc1"], _AFFINE),
-                    (self._modules["fc2"], _AFFINE),
-                )
-                for name in names
-            ]
-            self._producer_ok = (producer, norm, self._producer_structure_ok(producer, norm), slots)
-        if not self._producer_ok[2]:
+        if x.is_cuda and self.use_triton(x):
+            return False
+        if not self._plan(producer, norm)[2]:
             return False
         return not norm.training or not isinstance(norm, nn.BatchNorm2d)  # BN in training uses the batch's statistics
+
+    def _plan(self, producer: nn.Conv2d, norm: nn.Module) -> tuple[nn.Module, nn.Module, bool, list]:
+        """(producer, norm, whether the shortcut fits them, the (dict, name) slots of the tensors the fold reads)."""
+        plan = self._producer_plan
+        if plan is None or plan[0] is not producer or plan[1] is not norm:
+            sources = ((producer, _AFFINE), (norm, _NORM_STATE), (self._modules["fc1"], _AFFINE))
+            sources += ((self._modules["fc2"], _AFFINE),)
+            slots = [
+                (mod._buffers if name in mod._buffers else mod._parameters, name)
+                for mod, names in sources
+                for name in names
+            ]
+            plan = self._producer_plan = (producer, norm, self._producer_structure_ok(producer, norm), slots)
+        return plan
 
     def _producer_structure_ok(self, producer: nn.Conv2d, norm: nn.Module) -> bool:
         if self.no_squeeze or self.squeeze != "avg" or not isinstance(producer, nn.Conv2d):
@@ -186,7 +191,7 @@ class SEModule(nn.Module):
     def _producer_weights(self, producer: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, ...]:
         # The cache key: storage and version counter of every tensor W', b' and fc2 come from, read straight from
         # the modules' dicts (this runs per block and forward; Module.__getattr__ would cost more than the FCs).
-        slots = self._producer_ok[3]
+        slots = self._plan(producer, norm)[3]
         key = [None if (t := d.get(n)) is None else (t.data_ptr(), t._version) for d, n in slots]
         key.append(norm.eps)
         if self._producer_cache is None or self._producer_cache[0] != key:

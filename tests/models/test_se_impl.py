@@ -96,15 +96,17 @@ def test_producer_cache_follows_weight_and_statistics_changes():
 def test_shortcut_only_without_autograd_and_in_eval():
     model = _small_bottleneck_net()
     blk = model.layer1[0]
+    block_input = torch.randn(1, blk.conv1.in_channels, 16, 16)
     with torch.no_grad():
-        assert blk.se.can_use_producer(blk.conv3, blk.bn3)
+        assert blk.se.can_use_producer(block_input, blk.conv3, blk.bn3)
         set_se_impl(model, "eager")
-        assert not blk.se.can_use_producer(blk.conv3, blk.bn3)
+        assert not blk.se.can_use_producer(block_input, blk.conv3, blk.bn3)
         set_se_impl(model, "auto")
         model.train()
-        assert not blk.se.can_use_producer(blk.conv3, blk.bn3)  # BN uses the batch's statistics
+        assert not blk.se.can_use_producer(block_input, blk.conv3, blk.bn3)  # BN uses the batch's statistics
         model.eval()
-    assert not blk.se.can_use_producer(blk.conv3, blk.bn3)  # autograd on: fc1's own weights must get gradients
+    # autograd on: fc1's own weights must get gradients
+    assert not blk.se.can_use_producer(block_input, blk.conv3, blk.bn3)
     x = torch.randn(1, 3, 64, 64)
     model(x).sum().backward()
     assert blk.se.fc1.weight.grad is not None and blk.se.fc1.weight.grad.abs().sum() > 0

@@ -19,7 +19,9 @@ GATE_TYPES = ("sigmoid", "tanh", "relu")
 #            in a bottleneck takes the squeeze from the producer of U (see SEModule.producer_excitation).
 SE_IMPLS = ("auto", "eager", "triton")
 _AFFINE = ("weight", "bias")
-_NORM_STATE = ("weight", "bias", "running_mean", "running_var")
+# BatchNorm's kernel updates running_mean/var in place without bumping their version counters; nn.BatchNorm2d bumps
+# num_batches_tracked (a Python add_) on every such update, so that one stands for the statistics in the cache key.
+_NORM_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 def se_hidden_channels(channels: int, reduction: int) -> int:

@@ -93,6 +93,23 @@ def test_producer_cache_follows_weight_and_statistics_changes():
     check()
 
 
+def test_producer_cache_follows_running_statistics_updated_by_a_training_forward():
+    # BatchNorm's kernel updates running_mean/var without bumping their version counters (torch.optim.swa_utils
+    # .update_bn and BN recalibration do exactly this under no_grad); the fold must still be rebuilt.
+    model = _small_bottleneck_net()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)  # builds the fold
+        model.train()
+        for _ in range(2):
+            model(torch.randn(2, 3, 64, 64) * 3 + 1)
+        model.eval()
+        fast = model(x)
+        with se_impl(model, "eager"):
+            ref = model(x)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_shortcut_only_without_autograd_and_in_eval():
     model = _small_bottleneck_net()
     blk = model.layer1[0]

@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["se_transfer", "se_transfer.*"]),
+    package_data={"se_transfer.ops": ["csrc/*.c"]},  # compiled on first use (se_transfer/ops/cpu_gate.py)
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

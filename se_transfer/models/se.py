@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..ops import cpu_gate
+
 SQUEEZE_TYPES = ("avg", "max")
 GATE_TYPES = ("sigmoid", "tanh", "relu")
 # How an SE block is computed (same parameters, same results up to floating-point rounding):
@@ -182,9 +184,13 @@ class SEModule(nn.Module):
         a * (W @ mean(h)) + b, so fc1(mean(U)) = W' @ mean(h) + b' with W' = fc1 diag(a) W and b' = fc1 b + b_fc1.
         The squeeze then reads h (a quarter of U's channels in a bottleneck) and fc1 reads W' (a quarter of fc1's
         size). W' and b' are cached and rebuilt whenever any of the tensors they come from changes (checked by
-        storage and version counter on every call). Equal to ``excitation(U)`` up to floating-point rounding.
+        storage and version counter on every call). For float32 on a CPU the squeeze, both FCs and the gate run as
+        one native call when ``se_transfer.ops.cpu_gate`` could build its kernel, else as PyTorch ops. Equal to
+        ``excitation(U)`` up to floating-point rounding.
         """
-        w_fold, b_fold, w2_t, b2 = self._producer_weights(producer, norm)
+        w_fold, b_fold, w2_t, b2, native = self._producer_weights(producer, norm)
+        if native is not None and h.dtype == torch.float32:
+            return cpu_gate.excitation(native, h)  # the five ops below in one native call (se_transfer.ops.cpu_gate)
         n = h.shape[0]
         hidden = torch.addmm(b_fold, h.sum((2, 3)), w_fold, alpha=1.0 / (h.shape[2] * h.shape[3])).relu_()
         s = torch.mm(hidden, w2_t) if b2 is None else torch.addmm(b2, hidden, w2_t)
@@ -219,7 +225,11 @@ class SEModule(nn.Module):
             dtype = fc1.weight.dtype
             # W' transposed and contiguous (addmm(b, z, W'^T) reads it row by row); fc2 as a transposed view
             w2_t = fc2.weight.view(self.channels, -1).t()
-            return w_fold.t().contiguous().to(dtype), b_fold.to(dtype), w2_t, fc2.bias
+            w_fold, b_fold = w_fold.t().contiguous().to(dtype), b_fold.to(dtype)
+            native = None
+            if dtype == torch.float32 and w_fold.device.type == "cpu" and cpu_gate.available():
+                native = cpu_gate.GateParams(w_fold, b_fold, w2_t, fc2.bias, self.gate_type)
+            return w_fold, b_fold, w2_t, fc2.bias, native
 
     def extra_repr(self) -> str:
         return f"squeeze={'none' if self.no_squeeze else self.squeeze}, gate={self.gate_type}, impl={self.impl}"

@@ -23,8 +23,8 @@ def fresh_kernel(monkeypatch, tmp_path):
     cpu_gate.reset()
 
 
-def _reference(h, w1t, b1, w2t, b2, gate):
-    s = F.linear(F.relu(F.linear(h.double().mean((2, 3)), w1t.double().t(), b1.double())), w2t.double().t())
+def _reference(h, w1, b1, w2t, b2, gate):
+    s = F.linear(F.relu(F.linear(h.double().mean((2, 3)), w1.double(), b1.double())), w2t.double().t())
     if b2 is not None:
         s = s + b2.double()
     return {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}[gate](s)[:, :, None, None]
@@ -32,9 +32,9 @@ def _reference(h, w1t, b1, w2t, b2, gate):
 
 def _weights(cin, hid, c, bias2=True, seed=0):
     g = torch.Generator().manual_seed(seed)
-    w1t = torch.randn(cin, hid, generator=g) / cin**0.5
+    w1 = torch.randn(hid, cin, generator=g) / cin**0.5
     w2t = torch.randn(hid, c, generator=g) / hid**0.5
-    return w1t, torch.randn(hid, generator=g) * 0.1, w2t, torch.randn(c, generator=g) * 0.1 if bias2 else None
+    return w1, torch.randn(hid, generator=g) * 0.1, w2t, torch.randn(c, generator=g) * 0.1 if bias2 else None
 
 
 def _layout(h, layout):
@@ -69,23 +69,23 @@ def test_kernel_builds_here():
     ],
 )
 def test_native_gate_equals_the_formula(n, cin, hid, c, hw, gate, bias2, layout):
-    w1t, b1, w2t, b2 = _weights(cin, hid, c, bias2)
+    w1, b1, w2t, b2 = _weights(cin, hid, c, bias2)
     h = _layout(torch.randn(n, cin, *hw).relu_(), layout)
-    out = cpu_gate.excitation(cpu_gate.GateParams(w1t, b1, w2t, b2, gate), h)
+    out = cpu_gate.excitation(cpu_gate.GateParams(w1, b1, w2t, b2, gate), h)
     assert out.shape == (n, c, 1, 1) and out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), _reference(h, w1t, b1, w2t, b2, gate), rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(out.double(), _reference(h, w1, b1, w2t, b2, gate), rtol=2e-5, atol=2e-6)
 
 
 @needs_kernel
 def test_wide_blocks_use_heap_scratch_and_results_do_not_depend_on_threads():
-    w1t, b1, w2t, b2 = _weights(5000, 8, 40)  # cin + hid > the kernel's 4096-float stack buffer
+    w1, b1, w2t, b2 = _weights(5000, 8, 40)  # cin + hid > the kernel's 4096-float stack buffer
     h = torch.randn(2, 5000, 3, 5)
-    params = cpu_gate.GateParams(w1t, b1, w2t, b2, "sigmoid")
+    params = cpu_gate.GateParams(w1, b1, w2t, b2, "sigmoid")
     torch.testing.assert_close(
-        cpu_gate.excitation(params, h).double(), _reference(h, w1t, b1, w2t, b2, "sigmoid"), rtol=2e-5, atol=2e-6
+        cpu_gate.excitation(params, h).double(), _reference(h, w1, b1, w2t, b2, "sigmoid"), rtol=2e-5, atol=2e-6
     )
-    w1t, b1, w2t, b2 = _weights(512, 128, 2048)
-    params = cpu_gate.GateParams(w1t, b1, w2t, b2, "sigmoid")
+    w1, b1, w2t, b2 = _weights(512, 128, 2048)
+    params = cpu_gate.GateParams(w1, b1, w2t, b2, "sigmoid")
     threads = torch.get_num_threads()
     outs = []
     for layout in ("contiguous", "channels_last"):
@@ -99,14 +99,14 @@ def test_wide_blocks_use_heap_scratch_and_results_do_not_depend_on_threads():
 
 @needs_kernel
 def test_bad_inputs_name_what_is_wrong():
-    w1t, b1, w2t, b2 = _weights(8, 2, 4)
+    w1, b1, w2t, b2 = _weights(8, 2, 4)
     with pytest.raises(ValueError, match="w2t must be a float32 CPU tensor"):
-        cpu_gate.GateParams(w1t, b1, w2t.double(), b2, "sigmoid")
+        cpu_gate.GateParams(w1, b1, w2t.double(), b2, "sigmoid")
     with pytest.raises(ValueError, match="b1 must be a float32 CPU tensor of shape \\(2,\\)"):
-        cpu_gate.GateParams(w1t, torch.zeros(3), w2t, b2, "sigmoid")
+        cpu_gate.GateParams(w1, torch.zeros(3), w2t, b2, "sigmoid")
     with pytest.raises(ValueError, match="gate must be one of"):
-        cpu_gate.GateParams(w1t, b1, w2t, b2, "swish")
-    params = cpu_gate.GateParams(w1t, b1, w2t, b2, "sigmoid")
+        cpu_gate.GateParams(w1, b1, w2t, b2, "swish")
+    params = cpu_gate.GateParams(w1, b1, w2t, b2, "sigmoid")
     with pytest.raises(ValueError, match="h has 9 channels, the SE block's first FC reads 8"):
         cpu_gate.excitation(params, torch.randn(1, 9, 2, 2))
     with pytest.raises(ValueError, match="float32 CPU tensor, got torch.float64"):
@@ -133,10 +133,10 @@ def test_built_once_into_the_cache_and_rebuilt_when_the_file_is_damaged(fresh_ke
     cpu_gate.reset()
     assert cpu_gate.available() and len(calls) == 1
     assert (damaged / built[0].name).read_bytes()[:4] == b"\x7fELF"
-    w1t, b1, w2t, b2 = _weights(16, 4, 32)
+    w1, b1, w2t, b2 = _weights(16, 4, 32)
     h = torch.randn(1, 16, 5, 5)
-    out = cpu_gate.excitation(cpu_gate.GateParams(w1t, b1, w2t, b2, "sigmoid"), h)
-    torch.testing.assert_close(out.double(), _reference(h, w1t, b1, w2t, b2, "sigmoid"), rtol=2e-5, atol=2e-6)
+    out = cpu_gate.excitation(cpu_gate.GateParams(w1, b1, w2t, b2, "sigmoid"), h)
+    torch.testing.assert_close(out.double(), _reference(h, w1, b1, w2t, b2, "sigmoid"), rtol=2e-5, atol=2e-6)
 
 
 def test_without_a_compiler_the_models_fall_back_to_pytorch_ops(fresh_kernel, monkeypatch):

@@ -211,15 +211,18 @@ class Bottleneck(_ResidualBlock):
         return self.bn3(self.conv3(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.se_variant != "standard" or not self.se.can_use_producer(x, self.conv3, self.bn3):
+        if self.se_variant != "standard":
+            return super().forward(x)
+        se, conv3, bn3 = self._modules["se"], self._modules["conv3"], self._modules["bn3"]
+        fold = se.producer_fold(x, conv3, bn3)
+        if fold is None:
             return super().forward(x)
         # Inference: the gate comes from the input of conv3 (SEModule.producer_excitation), before conv3 runs,
         # so U is written once and read once (by the scale + sum), as in the baseline's sum.
         shortcut = x if self.downsample is None else self.downsample(x)
         h = self.relu(self.bn1(self.conv1(x)))
         h = self.relu(self.bn2(self.conv2(h)))
-        gate = self.se.producer_excitation(h, self.conv3, self.bn3)
-        return torch.addcmul(shortcut, self.bn3(self.conv3(h)), gate).relu_()
+        return torch.addcmul(shortcut, bn3(conv3(h)), se.producer_excitation(h, fold)).relu_()
 
 
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:

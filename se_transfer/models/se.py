@@ -138,19 +138,32 @@ class SEModule(nn.Module):
         out = torch.addcmul(shortcut, u, self.excitation(u))
         return out.relu_() if relu else out
 
-    def can_use_producer(self, x: torch.Tensor, producer: nn.Conv2d, norm: nn.Module) -> bool:
-        """Whether ``producer_excitation`` applies to a block with input ``x``: inference without autograd where the
-        fused kernels do not run (they do scale + sum + ReLU in one pass), U = norm(producer(h)) with a 1x1, stride-1,
-        ungrouped producer and a norm that is a fixed per-channel affine map, average squeeze."""
-        # Called once per block and forward at batch 1 too, so the cheap run-time conditions come first and the
-        # structural ones are worked out once per (producer, norm) pair.
+    def producer_fold(self, x: torch.Tensor, producer: nn.Conv2d, norm: nn.Module) -> tuple | None:
+        """The cached fold for ``producer_excitation`` when it applies to a block with input ``x``, else None.
+
+        It applies in inference without autograd where the fused CUDA kernels do not run (they do scale + sum + ReLU
+        in one pass), U = norm(producer(h)) with a 1x1, stride-1, ungrouped producer and a norm that is a fixed
+        per-channel affine map, and an average squeeze. The fold is rebuilt first if any tensor it comes from
+        changed (see ``producer_excitation``)."""
+        # Once per block and forward, right after the previous block's convolutions have evicted every cache: each
+        # object touched here costs, so the run-time conditions come first, the structural ones are worked out once
+        # per (producer, norm) pair, and the modules' dicts are read directly (not through Module.__getattr__).
         if self.impl != "auto" or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return False  # (the compiler fuses the squeeze itself; its graphs stay free of caches)
+            return None  # (the compiler fuses the squeeze itself; its graphs stay free of caches)
         if x.is_cuda and self.use_triton(x):
-            return False
-        if not self._plan(producer, norm)[2]:
-            return False
-        return not norm.training or not isinstance(norm, nn.BatchNorm2d)  # BN in training uses the batch's statistics
+            return None
+        plan = self._producer_plan
+        if plan is None or plan[0] is not producer or plan[1] is not norm:
+            plan = self._plan(producer, norm)
+        if not plan[2] or (norm.training and isinstance(norm, nn.BatchNorm2d)):  # BN in training: batch statistics
+            return None
+        # The cache key: storage and version counter of every tensor W', b' and fc2 come from.
+        key = [None if (t := d.get(n)) is None else (t.data_ptr(), t._version) for d, n in plan[3]]
+        key.append(norm.eps)
+        cache = self._producer_cache
+        if cache is None or cache[0] != key:
+            cache = self._producer_cache = (key, self._fold(producer, norm, self._modules["fc1"], self._modules["fc2"]))
+        return cache[1]
 
     def _plan(self, producer: nn.Conv2d, norm: nn.Module) -> tuple[nn.Module, nn.Module, bool, list]:
         """(producer, norm, whether the shortcut fits them, the (dict, name) slots of the tensors the fold reads)."""
@@ -177,34 +190,25 @@ class SEModule(nn.Module):
             return norm.running_mean is not None and norm.running_var is not None
         return isinstance(norm, FrozenBatchNorm2d)
 
-    def producer_excitation(self, h: torch.Tensor, producer: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
-        """The excitation of U = norm(producer(h)), computed from h without reading U (inference only).
+    def producer_excitation(self, h: torch.Tensor, fold: tuple) -> torch.Tensor:
+        """The excitation of U = norm(producer(h)), computed from h without reading U (inference only); ``fold`` is
+        what ``producer_fold`` returned for this block.
 
         With a 1x1 stride-1 producer W and an affine norm (scale a, shift b), the mean of U over space is
         a * (W @ mean(h)) + b, so fc1(mean(U)) = W' @ mean(h) + b' with W' = fc1 diag(a) W and b' = fc1 b + b_fc1.
         The squeeze then reads h (a quarter of U's channels in a bottleneck) and fc1 reads W' (a quarter of fc1's
         size). W' and b' are cached and rebuilt whenever any of the tensors they come from changes (checked by
-        storage and version counter on every call). For float32 on a CPU the squeeze, both FCs and the gate run as
-        one native call when ``se_transfer.ops.cpu_gate`` could build its kernel, else as PyTorch ops. Equal to
+        storage and version counter on every forward). For float32 on a CPU the squeeze, both FCs and the gate run
+        as one native call when ``se_transfer.ops.cpu_gate`` could build its kernel, else as PyTorch ops. Equal to
         ``excitation(U)`` up to floating-point rounding.
         """
-        w_fold, b_fold, w2_t, b2, native = self._producer_weights(producer, norm)
+        w_fold, b_fold, w2_t, b2, native = fold
         if native is not None and h.dtype == torch.float32:
             return cpu_gate.excitation(native, h)  # the five ops below in one native call (se_transfer.ops.cpu_gate)
         n = h.shape[0]
         hidden = torch.addmm(b_fold, h.sum((2, 3)), w_fold, alpha=1.0 / (h.shape[2] * h.shape[3])).relu_()
         s = torch.mm(hidden, w2_t) if b2 is None else torch.addmm(b2, hidden, w2_t)
         return self._gate(s, inplace=True).view(n, self.channels, 1, 1)
-
-    def _producer_weights(self, producer: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, ...]:
-        # The cache key: storage and version counter of every tensor W', b' and fc2 come from, read straight from
-        # the modules' dicts (this runs per block and forward; Module.__getattr__ would cost more than the FCs).
-        slots = self._plan(producer, norm)[3]
-        key = [None if (t := d.get(n)) is None else (t.data_ptr(), t._version) for d, n in slots]
-        key.append(norm.eps)
-        if self._producer_cache is None or self._producer_cache[0] != key:
-            self._producer_cache = (key, self._fold(producer, norm, self._modules["fc1"], self._modules["fc2"]))
-        return self._producer_cache[1]
 
     def _fold(self, producer: nn.Conv2d, norm: nn.Module, fc1: nn.Conv2d, fc2: nn.Conv2d) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
@@ -225,11 +229,11 @@ class SEModule(nn.Module):
             dtype = fc1.weight.dtype
             # W' transposed and contiguous (addmm(b, z, W'^T) reads it row by row); fc2 as a transposed view
             w2_t = fc2.weight.view(self.channels, -1).t()
-            w_fold, b_fold = w_fold.t().contiguous().to(dtype), b_fold.to(dtype)
+            w_fold, b_fold = w_fold.to(dtype), b_fold.to(dtype)
             native = None
             if dtype == torch.float32 and w_fold.device.type == "cpu" and cpu_gate.available():
                 native = cpu_gate.GateParams(w_fold, b_fold, w2_t, fc2.bias, self.gate_type)
-            return w_fold, b_fold, w2_t, fc2.bias, native
+            return w_fold.t().contiguous(), b_fold, w2_t, fc2.bias, native
 
     def extra_repr(self) -> str:
         return f"squeeze={'none' if self.no_squeeze else self.squeeze}, gate={self.gate_type}, impl={self.impl}"

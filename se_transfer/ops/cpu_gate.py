@@ -35,7 +35,7 @@ import torch
 
 GATES = ("sigmoid", "tanh", "relu")
 SOURCE = Path(__file__).with_name("csrc") / "se_gate.c"
-ABI = 1  # SE_GATE_ABI in csrc/se_gate.c
+ABI = 2  # SE_GATE_ABI in csrc/se_gate.c
 # Reassociating the float sums lets the compiler vectorise the reductions; no -ffast-math (it would set
 # flush-to-zero for the whole process through crtfastmath.o).
 CFLAGS = (
@@ -67,7 +67,7 @@ DISABLE_ENV = "SE_TRANSFER_CPU_KERNEL"
 
 class _Params(ctypes.Structure):
     _fields_ = [
-        ("w1t", ctypes.c_void_p),
+        ("w1", ctypes.c_void_p),
         ("b1", ctypes.c_void_p),
         ("w2t", ctypes.c_void_p),
         ("b2", ctypes.c_void_p),
@@ -185,24 +185,24 @@ def reset() -> None:
 
 class GateParams:
     """The weights of one SE block's excitation, in the kernel's layout, kept alive as long as the kernel may read
-    them: ``w1t`` (cin x hid: the first FC, mean folded in later, transposed), ``b1`` (hid), ``w2t`` (hid x c: the
+    them: ``w1`` (hid x cin: the first FC; the kernel divides its sums by H*W), ``b1`` (hid), ``w2t`` (hid x c: the
     second FC transposed), ``b2`` (c or None), all float32 CPU tensors, made contiguous here."""
 
     __slots__ = ("tensors", "struct", "ref", "channels", "in_channels", "fn")
 
-    def __init__(self, w1t, b1, w2t, b2, gate: str) -> None:
+    def __init__(self, w1, b1, w2t, b2, gate: str) -> None:
         fn = _function()
         if fn is None:
             raise RuntimeError(f"the native SE gate is not available: {unavailable_reason()}")
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
-        if w1t.dim() != 2 or w2t.dim() != 2:
-            raise ValueError(f"w1t and w2t must be 2-D, got {w1t.dim()}-D and {w2t.dim()}-D")
-        tensors = [t if t is None else t.detach().contiguous() for t in (w1t, b1, w2t, b2)]
-        w1t, b1, w2t, b2 = tensors
-        cin, hid = w1t.shape
+        if w1.dim() != 2 or w2t.dim() != 2:
+            raise ValueError(f"w1 and w2t must be 2-D, got {w1.dim()}-D and {w2t.dim()}-D")
+        tensors = [t if t is None else t.detach().contiguous() for t in (w1, b1, w2t, b2)]
+        w1, b1, w2t, b2 = tensors
+        hid, cin = w1.shape
         c = w2t.shape[1]
-        for name, t, shape in (("w1t", w1t, (cin, hid)), ("b1", b1, (hid,)), ("w2t", w2t, (hid, c)), ("b2", b2, (c,))):
+        for name, t, shape in (("w1", w1, (hid, cin)), ("b1", b1, (hid,)), ("w2t", w2t, (hid, c)), ("b2", b2, (c,))):
             if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or tuple(t.shape) != shape):
                 raise ValueError(
                     f"{name} must be a float32 CPU tensor of shape {shape}, got {t.dtype} {t.device} {tuple(t.shape)}"
@@ -212,7 +212,7 @@ class GateParams:
         self.channels = c
         self.in_channels = cin
         self.struct = _Params(
-            w1t.data_ptr(),
+            w1.data_ptr(),
             b1.data_ptr(),
             w2t.data_ptr(),
             0 if b2 is None else b2.data_ptr(),

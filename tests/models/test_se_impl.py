@@ -115,15 +115,15 @@ def test_shortcut_only_without_autograd_and_in_eval():
     blk = model.layer1[0]
     block_input = torch.randn(1, blk.conv1.in_channels, 16, 16)
     with torch.no_grad():
-        assert blk.se.can_use_producer(block_input, blk.conv3, blk.bn3)
+        assert blk.se.producer_fold(block_input, blk.conv3, blk.bn3) is not None
         set_se_impl(model, "eager")
-        assert not blk.se.can_use_producer(block_input, blk.conv3, blk.bn3)
+        assert blk.se.producer_fold(block_input, blk.conv3, blk.bn3) is None
         set_se_impl(model, "auto")
         model.train()
-        assert not blk.se.can_use_producer(block_input, blk.conv3, blk.bn3)  # BN uses the batch's statistics
+        assert blk.se.producer_fold(block_input, blk.conv3, blk.bn3) is None  # BN uses the batch's statistics
         model.eval()
     # autograd on: fc1's own weights must get gradients
-    assert not blk.se.can_use_producer(block_input, blk.conv3, blk.bn3)
+    assert blk.se.producer_fold(block_input, blk.conv3, blk.bn3) is None
     x = torch.randn(1, 3, 64, 64)
     model(x).sum().backward()
     assert blk.se.fc1.weight.grad is not None and blk.se.fc1.weight.grad.abs().sum() > 0

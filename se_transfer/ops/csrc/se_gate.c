@@ -10,7 +10,7 @@
  *
  * Layout (float32, all weights contiguous):
  *   h    n x cin x hw with element strides (sn, sc, shw): contiguous NCHW has shw == 1, channels_last has sc == 1;
- *   w1t  cin x hid, the first FC transposed (row i holds the weights that read channel i);
+ *   w1   hid x cin, the first FC (row j holds the weights of hidden unit j);
  *   b1   hid;
  *   w2t  hid x c, the second FC transposed;
  *   b2   c, or NULL;
@@ -25,10 +25,10 @@
 #include <omp.h>
 #endif
 
-#define SE_GATE_ABI 1
+#define SE_GATE_ABI 2
 
 typedef struct {
-    const float *w1t;
+    const float *w1;
     const float *b1;
     const float *w2t;
     const float *b2;
@@ -52,75 +52,83 @@ static void thread_range(int64_t len, int64_t *lo, int64_t *hi) {
 #endif
 }
 
-static void squeeze(const float *h, int64_t cin, int64_t hw, int64_t sc, int64_t shw, float *z) {
+/* sum of x[0..len) with 32 partial sums (four 8-wide vectors), so the adds do not wait on each other's latency */
+static float sum_run(const float *x, int64_t len) {
+    float part[32] = {0.f};
+    int64_t k = 0;
+    for (; k + 32 <= len; k += 32)
+        for (int j = 0; j < 32; ++j) part[j] += x[k + j];
+    for (; k + 8 <= len; k += 8)
+        for (int j = 0; j < 8; ++j) part[j] += x[k + j];
+    float acc = 0.f;
+    for (; k < len; ++k) acc += x[k];
+    for (int j = 0; j < 32; ++j) acc += part[j];
+    return acc;
+}
+
+static float dot(const float *a, const float *b, int64_t len) {
+    float part[32] = {0.f};
+    int64_t k = 0;
+    for (; k + 32 <= len; k += 32)
+        for (int j = 0; j < 32; ++j) part[j] += a[k + j] * b[k + j];
+    for (; k + 8 <= len; k += 8)
+        for (int j = 0; j < 8; ++j) part[j] += a[k + j] * b[k + j];
+    float acc = 0.f;
+    for (; k < len; ++k) acc += a[k] * b[k];
+    for (int j = 0; j < 32; ++j) acc += part[j];
+    return acc;
+}
+
+static inline float apply_gate(float v, int64_t gate) {
+    if (gate == 0) return 1.f / (1.f + expf(-v));
+    if (gate == 1) return tanhf(v);
+    return v > 0.f ? v : 0.f;
+}
+
+/* One sample, inside a parallel region (or outside one: then this thread does everything). Three phases split
+ * over the threads, each output written by exactly one thread in a fixed order: the squeeze (over channels), the
+ * first FC with its ReLU (over hidden units: dot products with the rows of w1), the second FC with the gate (over
+ * output channels: rows of w2t accumulated into a slice of the output). */
+static void excite_one(const se_gate_params *p, const float *h, int64_t hw, int64_t sc, int64_t shw, float inv_hw,
+                       float *z, float *hid, float *o) {
+    const int64_t cin = p->cin, nh = p->hid, c = p->c;
+    int64_t lo, hi;
+    thread_range(cin, &lo, &hi);
     if (shw == 1) { /* NCHW: each channel is a contiguous run */
-#pragma omp parallel for schedule(static) if (cin * hw >= 32768)
-        for (int64_t i = 0; i < cin; ++i) {
-            const float *row = h + i * sc;
-            /* 32 partial sums (four 8-wide vectors), so the adds do not wait on each other's latency */
-            float part[32] = {0.f};
-            int64_t k = 0;
-            for (; k + 32 <= hw; k += 32)
-                for (int j = 0; j < 32; ++j) part[j] += row[k + j];
-            for (; k + 8 <= hw; k += 8)
-                for (int j = 0; j < 8; ++j) part[j] += row[k + j];
-            float acc = 0.f;
-            for (; k < hw; ++k) acc += row[k];
-            for (int j = 0; j < 32; ++j) acc += part[j];
-            z[i] = acc;
-        }
+        for (int64_t i = lo; i < hi; ++i) z[i] = sum_run(h + i * sc, hw);
     } else if (sc == 1) { /* channels_last: each position is a contiguous run of channels */
-        memset(z, 0, sizeof(float) * (size_t)cin);
-#pragma omp parallel if (cin * hw >= 32768)
-        {
-            int64_t i0, i1;
-            thread_range(cin, &i0, &i1);
-            for (int64_t k = 0; k < hw; ++k) {
-                const float *col = h + k * shw;
-                for (int64_t i = i0; i < i1; ++i) z[i] += col[i];
-            }
+        for (int64_t i = lo; i < hi; ++i) z[i] = 0.f;
+        for (int64_t k = 0; k < hw; ++k) {
+            const float *col = h + k * shw;
+            for (int64_t i = lo; i < hi; ++i) z[i] += col[i];
         }
     } else {
-        for (int64_t i = 0; i < cin; ++i) {
+        for (int64_t i = lo; i < hi; ++i) {
             float acc = 0.f;
             for (int64_t k = 0; k < hw; ++k) acc += h[i * sc + k * shw];
             z[i] = acc;
         }
     }
-}
-
-static void excite_one(const se_gate_params *p, const float *z, float inv_hw, float *hid, float *o) {
-    const int64_t cin = p->cin, nh = p->hid, c = p->c;
-    memset(hid, 0, sizeof(float) * (size_t)nh);
-    for (int64_t i = 0; i < cin; ++i) { /* hid += z[i] * (row i of w1t): reads w1t once, in order */
-        const float zi = z[i];
-        const float *w = p->w1t + i * nh;
-        for (int64_t j = 0; j < nh; ++j) hid[j] += zi * w[j];
-    }
-    for (int64_t j = 0; j < nh; ++j) {
-        const float v = hid[j] * inv_hw + p->b1[j];
+#pragma omp barrier
+    thread_range(nh, &lo, &hi);
+    for (int64_t j = lo; j < hi; ++j) {
+        const float v = dot(p->w1 + j * cin, z, cin) * inv_hw + p->b1[j];
         hid[j] = v > 0.f ? v : 0.f;
     }
-    if (p->b2)
-        memcpy(o, p->b2, sizeof(float) * (size_t)c);
-    else
-        memset(o, 0, sizeof(float) * (size_t)c);
-#pragma omp parallel if (nh * c >= 32768)
-    {
-        int64_t k0, k1;
-        thread_range(c, &k0, &k1);
-        for (int64_t j = 0; j < nh; ++j) { /* o += hid[j] * (row j of w2t) */
+#pragma omp barrier
+    thread_range(c, &lo, &hi);
+    if (lo < hi) {
+        if (p->b2)
+            memcpy(o + lo, p->b2 + lo, sizeof(float) * (size_t)(hi - lo));
+        else
+            memset(o + lo, 0, sizeof(float) * (size_t)(hi - lo));
+        for (int64_t j = 0; j < nh; ++j) {
             const float hj = hid[j];
             const float *w = p->w2t + j * c;
-            for (int64_t k = k0; k < k1; ++k) o[k] += hj * w[k];
+            for (int64_t k = lo; k < hi; ++k) o[k] += hj * w[k];
         }
+        for (int64_t k = lo; k < hi; ++k) o[k] = apply_gate(o[k], p->gate);
     }
-    if (p->gate == 0)
-        for (int64_t k = 0; k < c; ++k) o[k] = 1.f / (1.f + expf(-o[k]));
-    else if (p->gate == 1)
-        for (int64_t k = 0; k < c; ++k) o[k] = tanhf(o[k]);
-    else
-        for (int64_t k = 0; k < c; ++k) o[k] = o[k] > 0.f ? o[k] : 0.f;
 }
 
 /* Returns 0, or -1 when scratch memory could not be had (out is then left unwritten). */
@@ -131,9 +139,12 @@ int se_gate_f32(const se_gate_params *p, const float *h, int64_t n, int64_t hw, 
     float *scratch = need <= 4096 ? stack : (float *)malloc(sizeof(float) * (size_t)need);
     if (!scratch) return -1;
     const float inv_hw = 1.f / (float)hw;
+    /* threads pay off once the squeeze or the weights are big enough (about 64 KB of either) */
+    const int parallel = p->cin * hw >= 16384 || p->hid * (p->cin + p->c) >= 16384;
+    (void)parallel; /* (unused without OpenMP) */
     for (int64_t b = 0; b < n; ++b) {
-        squeeze(h + b * sn, p->cin, hw, sc, shw, scratch);
-        excite_one(p, scratch, inv_hw, scratch + p->cin, out + b * p->c);
+#pragma omp parallel if (parallel)
+        excite_one(p, h + b * sn, hw, sc, shw, inv_hw, scratch, scratch + p->cin, out + b * p->c);
     }
     if (scratch != stack) free(scratch);
     return 0;

@@ -3,7 +3,10 @@
 Both networks (and, with timm installed, timm's version of the SE model as a peer) are built, warmed up (and
 compiled), then timed in alternating rounds so that clock, thermal and load drift hit them alike. Each round times
 ``iters`` consecutive iterations of one network: with CUDA events on a GPU, ``time.perf_counter`` on the CPU. The
-reported time is the median over rounds; ``throughput_ratio`` is model images/s over baseline images/s.
+reported time is the median over rounds. ``throughput_ratio`` (model images/s over baseline images/s) is the median
+over rounds of the ratio measured within each round (baseline seconds / model seconds, timed back to back), so that
+drift slower than a round cancels out; the record also keeps the quartiles of those per-round ratios
+(``ratio_quartiles``, a measure of the noise) and the plain ratio of the two medians (``ratio_of_medians``).
 
 An iteration is, for ``--mode inference``, one forward pass under ``torch.inference_mode`` in eval mode; for
 ``--mode train``, forward + cross-entropy + backward + SGD step in train mode. Inputs are random and already on the
@@ -54,6 +57,17 @@ class Contender:
 
     def images_per_second(self, batch_size: int) -> float:
         return batch_size / statistics.median(self.times)
+
+
+def paired_ratio(model_times: Sequence[float], baseline_times: Sequence[float]) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile) of baseline time / model time over rounds timed side by side."""
+    if len(model_times) != len(baseline_times) or not model_times:
+        raise ValueError(f"need one time per round from each side, got {len(model_times)} and {len(baseline_times)}")
+    ratios = sorted(b / m for m, b in zip(model_times, baseline_times))
+    if len(ratios) == 1:
+        return ratios[0], ratios[0], ratios[0]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return median, q1, q3
 
 
 def _timm_model(name: str, num_classes: int) -> nn.Module:
@@ -198,15 +212,25 @@ def run_benchmark(
         ]
         time_side_by_side(contenders, device, warmup, iters, rounds)
         ips = {k: c.images_per_second(batch_size) for k, c in zip(nets, contenders)}
+        times = {k: c.times for k, c in zip(nets, contenders)}
+        ratio, q1, q3 = paired_ratio(times["model"], times["baseline"])
         row: dict[str, Any] = {
             "mode": mode,
             "model_ips": ips["model"],
             "baseline_ips": ips["baseline"],
-            "throughput_ratio": ips["model"] / ips["baseline"],
+            "throughput_ratio": ratio,
+            "ratio_quartiles": [q1, q3],
+            "ratio_of_medians": ips["model"] / ips["baseline"],
         }
         if peer:
-            ratio = ips["peer"] / ips["baseline"]
-            row["peer"] = {"name": labels["peer"], "ips": ips["peer"], "ratio_to_baseline": ratio}
+            ratio, q1, q3 = paired_ratio(times["peer"], times["baseline"])
+            row["peer"] = {
+                "name": labels["peer"],
+                "ips": ips["peer"],
+                "ratio_to_baseline": ratio,
+                "ratio_quartiles": [q1, q3],
+                "ratio_of_medians": ips["peer"] / ips["baseline"],
+            }
         results.append(row)
         del contenders, nets
         if device.type == "cuda":
@@ -239,12 +263,25 @@ def format_record(record: dict[str, Any]) -> str:
     )
     rows = []
     for r in record["results"]:
-        rows.append([r["mode"], record["model"], f"{r['model_ips']:.1f}", f"{r['throughput_ratio']:.3f}x"])
-        rows.append([r["mode"], record["baseline"], f"{r['baseline_ips']:.1f}", "1.000x"])
+        q = r["ratio_quartiles"]
+        rows.append(
+            [
+                r["mode"],
+                record["model"],
+                f"{r['model_ips']:.1f}",
+                f"{r['throughput_ratio']:.3f}x",
+                f"{q[0]:.3f}-{q[1]:.3f}",
+            ]
+        )
+        rows.append([r["mode"], record["baseline"], f"{r['baseline_ips']:.1f}", "1.000x", ""])
         if "peer" in r:
             p = r["peer"]
-            rows.append([r["mode"], p["name"], f"{p['ips']:.1f}", f"{p['ratio_to_baseline']:.3f}x"])
-    return head + "\n" + format_table(["mode", "network", "images/s", "vs baseline"], rows)
+            q = p["ratio_quartiles"]
+            rows.append(
+                [r["mode"], p["name"], f"{p['ips']:.1f}", f"{p['ratio_to_baseline']:.3f}x", f"{q[0]:.3f}-{q[1]:.3f}"]
+            )
+    table = format_table(["mode", "network", "images/s", "vs baseline", "per-round quartiles"], rows)
+    return head + "\n" + table
 
 
 def benchmark_main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """The native CPU excitation (se_transfer.ops.cpu_gate): equal to the PyTorch formula, built once, and optional."""
 
 import shutil
+import threading
 
 import pytest
 import torch
@@ -98,6 +99,27 @@ def test_wide_blocks_use_heap_scratch_and_results_do_not_depend_on_threads():
 
 
 @needs_kernel
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_a_batch_split_over_samples_equals_one_sample_at_a_time_in_any_thread(layout):
+    w1, b1, w2t, b2 = _weights(64, 16, 256)
+    params = cpu_gate.GateParams(w1, b1, w2t, b2, "sigmoid")
+    h = _layout(torch.randn(5, 64, 9, 11), layout)
+    singles = torch.cat([cpu_gate.excitation(params, h[i : i + 1]) for i in range(5)])
+    threads = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            assert torch.equal(cpu_gate.excitation(params, h), singles)
+    finally:
+        torch.set_num_threads(threads)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(out=cpu_gate.excitation(params, h)))
+    worker.start()
+    worker.join()
+    assert torch.equal(result["out"], singles)
+
+
+@needs_kernel
 def test_bad_inputs_name_what_is_wrong():
     w1, b1, w2t, b2 = _weights(8, 2, 4)
     with pytest.raises(ValueError, match="w2t must be a float32 CPU tensor"):
@@ -178,3 +200,31 @@ def test_models_take_the_native_gate_in_float32_only(channels_last):
         model.double()
         torch.testing.assert_close(model(x.double()), ref.double(), rtol=1e-5, atol=1e-5)
         assert all(m._producer_cache[1][4] is None for m in ses)  # float64: PyTorch ops
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "name,kwargs,size",
+    [
+        ("se_resnet20", {}, 32),  # CIFAR basic blocks
+        ("se_resnet18", {"num_classes": 10}, 64),  # ImageNet basic blocks
+        ("se_resnet50", {"layers": (1, 1, 1, 1), "num_classes": 10, "se_variant": "post", "se_bias": False}, 64),
+    ],
+)
+def test_se_blocks_outside_the_bottleneck_shortcut_take_the_native_gate_at_inference(name, kwargs, size):
+    model = create_model(name, **kwargs).eval()
+    ses = [m for m in model.modules() if isinstance(m, SEModule)]
+    x = torch.randn(3, 3, size, size)
+    model(x)  # autograd on: PyTorch ops, no native parameters built
+    assert all(m._native_cache is None for m in ses)
+    with torch.no_grad():
+        fast = model(x)
+        assert all(isinstance(m._native_cache[1], cpu_gate.GateParams) for m in ses)
+        with se_impl(model, "eager"):
+            ref = model(x)
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+        for m in ses:  # an in-place edit of fc2 is seen (the kernel reads a transposed copy of it)
+            m.fc2.weight.mul_(-1.0)
+        flipped = model(x)
+        with se_impl(model, "eager"):
+            torch.testing.assert_close(flipped, model(x), rtol=1e-5, atol=1e-5)

@@ -76,6 +76,7 @@ class SEModule(nn.Module):
         self.impl = "auto"
         self._producer_cache: tuple[list, tuple[torch.Tensor, ...]] | None = None
         self._producer_plan: tuple[nn.Module, nn.Module, bool, list] | None = None
+        self._native_cache: tuple[list, cpu_gate.GateParams | None] | None = None
 
     def _gate(self, s: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if self.gate_type == "sigmoid":
@@ -85,7 +86,20 @@ class SEModule(nn.Module):
         return s.relu_() if inplace else torch.relu(s)
 
     def excitation(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the gate s (N x C x 1 x 1, or N x C x H x W for NoSqueeze) for the input U."""
+        """Return the gate s (N x C x 1 x 1, or N x C x H x W for NoSqueeze) for the input U.
+
+        With ``impl='auto'``, float32 CPU inference without autograd runs the average-squeeze SE as one native call
+        (``se_transfer.ops.cpu_gate``) where that kernel could be built."""
+        if (
+            self.impl == "auto"
+            and x.dtype == torch.float32
+            and x.is_cpu
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+        ):
+            params = self._native_params()
+            if params is not None:
+                return cpu_gate.excitation(params, x)
         if self.no_squeeze:
             s = self.fc2(self.relu(self.fc1(x)))
         else:
@@ -95,6 +109,26 @@ class SEModule(nn.Module):
             h = self.relu(F.linear(z, self.fc1.weight.flatten(1), self.fc1.bias))
             s = F.linear(h, self.fc2.weight.flatten(1), self.fc2.bias)[:, :, None, None]
         return self._gate(s)
+
+    def _native_params(self) -> cpu_gate.GateParams | None:
+        """fc1 and fc2 in the native kernel's layout, cached (rebuilt when their storage or version changes); None
+        where the kernel does not apply (NoSqueeze, max squeeze, weights not float32 on the CPU, no kernel)."""
+        if self.no_squeeze or self.squeeze != "avg":
+            return None
+        fc1, fc2 = self._modules["fc1"]._parameters, self._modules["fc2"]._parameters
+        sources = (fc1["weight"], fc1.get("bias"), fc2["weight"], fc2.get("bias"))
+        key = [None if t is None else (t.data_ptr(), t._version) for t in sources]
+        cache = self._native_cache
+        if cache is None or cache[0] != key:
+            w1, b1, w2, b2 = sources
+            params = None
+            usable = all(t is None or (t.dtype == torch.float32 and t.is_cpu) for t in sources)
+            if usable and cpu_gate.available():
+                with torch.no_grad():
+                    b1 = torch.zeros(w1.shape[0]) if b1 is None else b1
+                    params = cpu_gate.GateParams(w1.flatten(1), b1, w2.flatten(1).t(), b2, self.gate_type)
+            cache = self._native_cache = (key, params)
+        return cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Rescale x channel-wise by its excitation."""

@@ -35,7 +35,7 @@ import torch
 
 GATES = ("sigmoid", "tanh", "relu")
 SOURCE = Path(__file__).with_name("csrc") / "se_gate.c"
-ABI = 2  # SE_GATE_ABI in csrc/se_gate.c
+ABI = 3  # SE_GATE_ABI in csrc/se_gate.c
 # Reassociating the float sums lets the compiler vectorise the reductions; no -ffast-math (it would set
 # flush-to-zero for the whole process through crtfastmath.o).
 CFLAGS = (
@@ -150,7 +150,7 @@ def _load():
                 raise RuntimeError(f"cannot load {target}: {err}") from err
     fn = lib.se_gate_f32
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_void_p]
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64]
     return fn
 
 
@@ -239,7 +239,9 @@ def excitation(params: GateParams, h: torch.Tensor) -> torch.Tensor:
         h = h.contiguous()
         sn, sc, sh, sw = h.stride()
     out = torch.empty((n, params.channels, 1, 1))
-    status = params.fn(params.ref, h.data_ptr(), n, hh * ww, sn, sc, sw if ww > 1 else sh, out.data_ptr())
+    status = params.fn(
+        params.ref, h.data_ptr(), n, hh * ww, sn, sc, sw if ww > 1 else sh, out.data_ptr(), torch.get_num_threads()
+    )
     if status != 0:
         raise MemoryError("se_gate_f32 could not allocate its scratch memory")
     return out

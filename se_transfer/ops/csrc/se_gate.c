@@ -25,7 +25,7 @@
 #include <omp.h>
 #endif
 
-#define SE_GATE_ABI 2
+#define SE_GATE_ABI 3
 
 typedef struct {
     const float *w1;
@@ -38,21 +38,23 @@ typedef struct {
 
 int se_gate_abi(void) { return SE_GATE_ABI; }
 
-/* This thread's share [*lo, *hi) of 0..len inside a parallel region (all of it outside one), in whole multiples
+/* This thread's share [*lo, *hi) of 0..len when a team splits the work (all of it otherwise), in whole multiples
  * of 16 floats (one 64-byte line) so that no two threads write the same cache line. */
-static void thread_range(int64_t len, int64_t *lo, int64_t *hi) {
-#ifdef _OPENMP
-    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t chunk = ((len + nt - 1) / nt + 15) / 16 * 16;
-    *lo = t * chunk < len ? t * chunk : len;
-    *hi = *lo + chunk < len ? *lo + chunk : len;
-#else
+static void thread_range(int64_t len, int team, int64_t *lo, int64_t *hi) {
     *lo = 0;
     *hi = len;
+#ifdef _OPENMP
+    if (team) {
+        const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+        const int64_t chunk = ((len + nt - 1) / nt + 15) / 16 * 16;
+        *lo = t * chunk < len ? t * chunk : len;
+        *hi = *lo + chunk < len ? *lo + chunk : len;
+    }
+#else
+    (void)team;
 #endif
 }
 
-/* sum of x[0..len) with 32 partial sums (four 8-wide vectors), so the adds do not wait on each other's latency */
 static float sum_run(const float *x, int64_t len) {
     float part[32] = {0.f};
     int64_t k = 0;
@@ -85,15 +87,16 @@ static inline float apply_gate(float v, int64_t gate) {
     return v > 0.f ? v : 0.f;
 }
 
-/* One sample, inside a parallel region (or outside one: then this thread does everything). Three phases split
- * over the threads, each output written by exactly one thread in a fixed order: the squeeze (over channels), the
- * first FC with its ReLU (over hidden units: dot products with the rows of w1), the second FC with the gate (over
- * output channels: rows of w2t accumulated into a slice of the output). */
+/* One sample. With team != 0 every thread of the enclosing parallel region calls this and the three phases are
+ * split over the threads: the squeeze (over channels), the first FC with its ReLU (over hidden units: dot products
+ * with the rows of w1), the second FC with the gate (over output channels: rows of w2t accumulated into a slice of
+ * the output). With team == 0 the calling thread does it all. Either way each output is computed by one thread in
+ * the same order, so the result does not depend on the thread count. */
 static void excite_one(const se_gate_params *p, const float *h, int64_t hw, int64_t sc, int64_t shw, float inv_hw,
-                       float *z, float *hid, float *o) {
+                       int team, float *z, float *hid, float *o) {
     const int64_t cin = p->cin, nh = p->hid, c = p->c;
     int64_t lo, hi;
-    thread_range(cin, &lo, &hi);
+    thread_range(cin, team, &lo, &hi);
     if (shw == 1) { /* NCHW: each channel is a contiguous run */
         for (int64_t i = lo; i < hi; ++i) z[i] = sum_run(h + i * sc, hw);
     } else if (sc == 1) { /* channels_last: each position is a contiguous run of channels */
@@ -109,14 +112,18 @@ static void excite_one(const se_gate_params *p, const float *h, int64_t hw, int6
             z[i] = acc;
         }
     }
+    if (team) {
 #pragma omp barrier
-    thread_range(nh, &lo, &hi);
+    }
+    thread_range(nh, team, &lo, &hi);
     for (int64_t j = lo; j < hi; ++j) {
         const float v = dot(p->w1 + j * cin, z, cin) * inv_hw + p->b1[j];
         hid[j] = v > 0.f ? v : 0.f;
     }
+    if (team) {
 #pragma omp barrier
-    thread_range(c, &lo, &hi);
+    }
+    thread_range(c, team, &lo, &hi);
     if (lo < hi) {
         if (p->b2)
             memcpy(o + lo, p->b2 + lo, sizeof(float) * (size_t)(hi - lo));
@@ -131,21 +138,42 @@ static void excite_one(const se_gate_params *p, const float *h, int64_t hw, int6
     }
 }
 
-/* Returns 0, or -1 when scratch memory could not be had (out is then left unwritten). */
+/* Returns 0, or -1 when scratch memory could not be had (out is then left unwritten). nthreads: how many threads
+ * may work (torch.get_num_threads(), passed in because OpenMP's own default differs between threads). A batch of
+ * at least nthreads samples is split over the samples; a smaller one (batch 1) splits each sample over the team,
+ * once its squeeze or its weights are big enough to pay for it (about 64 KB). */
 int se_gate_f32(const se_gate_params *p, const float *h, int64_t n, int64_t hw, int64_t sn, int64_t sc, int64_t shw,
-                float *out) {
-    float stack[4096];
+                float *out, int64_t nthreads) {
     const int64_t need = p->cin + p->hid;
-    float *scratch = need <= 4096 ? stack : (float *)malloc(sizeof(float) * (size_t)need);
-    if (!scratch) return -1;
+    const int64_t work = p->cin * hw + p->hid * (p->cin + p->c);
     const float inv_hw = 1.f / (float)hw;
-    /* threads pay off once the squeeze or the weights are big enough (about 64 KB of either) */
-    const int parallel = p->cin * hw >= 16384 || p->hid * (p->cin + p->c) >= 16384;
-    (void)parallel; /* (unused without OpenMP) */
-    for (int64_t b = 0; b < n; ++b) {
-#pragma omp parallel if (parallel)
-        excite_one(p, h + b * sn, hw, sc, shw, inv_hw, scratch, scratch + p->cin, out + b * p->c);
+    int nt = nthreads < 1 ? 1 : (int)nthreads;
+    if (n < nt) { /* fewer samples than threads: a team per sample (one thread where the work is small) */
+        if (work < 16384) nt = 1;
+        float stack[4096];
+        float *scratch = need <= 4096 ? stack : (float *)malloc(sizeof(float) * (size_t)need);
+        if (!scratch) return -1;
+        for (int64_t b = 0; b < n; ++b) {
+#pragma omp parallel num_threads(nt) if (nt > 1)
+            excite_one(p, h + b * sn, hw, sc, shw, inv_hw, nt > 1, scratch, scratch + p->cin, out + b * p->c);
+        }
+        if (scratch != stack) free(scratch);
+        return 0;
     }
-    if (scratch != stack) free(scratch);
+    if (n * work < 16384) nt = 1; /* else each thread takes whole samples, with its own scratch */
+    float *scratch = (float *)malloc(sizeof(float) * (size_t)(need * nt));
+    if (!scratch) return -1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
+        float *z = scratch + (int64_t)t * need;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < n; ++b)
+            excite_one(p, h + b * sn, hw, sc, shw, inv_hw, 0, z, z + p->cin, out + b * p->c);
+    }
+    free(scratch);
     return 0;
 }

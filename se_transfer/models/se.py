@@ -18,7 +18,8 @@ GATE_TYPES = ("sigmoid", "tanh", "relu")
 #   'eager'  the textbook PyTorch ops (squeeze over U, two FCs, gate, scale fused with the residual sum);
 #   'triton' the fused CUDA kernels of se_transfer.ops.fused_se (an error where they cannot run);
 #   'auto'   Triton on CUDA tensors when it is installed; elsewhere eager, except that inference without autograd
-#            in a bottleneck takes the squeeze from the producer of U (see SEModule.producer_excitation).
+#            in a bottleneck takes the squeeze from the producer of U (see SEModule.producer_excitation), and that
+#            float32 CPU inference runs the excitation as one native call (se_transfer.ops.cpu_gate) where it builds.
 SE_IMPLS = ("auto", "eager", "triton")
 _AFFINE = ("weight", "bias")
 # BatchNorm's kernel updates running_mean/var in place without bumping their version counters; nn.BatchNorm2d bumps

@@ -161,6 +161,15 @@ def test_built_once_into_the_cache_and_rebuilt_when_the_file_is_damaged(fresh_ke
     torch.testing.assert_close(out.double(), _reference(h, w1, b1, w2t, b2, "sigmoid"), rtol=2e-5, atol=2e-6)
 
 
+@needs_kernel
+def test_an_unusable_cache_directory_builds_into_a_private_one(fresh_kernel, monkeypatch):
+    blocker = fresh_kernel.parent / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("SE_TRANSFER_CACHE_DIR", str(blocker / "cache"))
+    cpu_gate.reset()
+    assert cpu_gate.available(), cpu_gate.unavailable_reason()
+
+
 def test_without_a_compiler_the_models_fall_back_to_pytorch_ops(fresh_kernel, monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-se-transfer")
     assert not cpu_gate.available()
@@ -228,3 +237,20 @@ def test_se_blocks_outside_the_bottleneck_shortcut_take_the_native_gate_at_infer
         flipped = model(x)
         with se_impl(model, "eager"):
             torch.testing.assert_close(flipped, model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+def test_traced_models_record_the_textbook_se():
+    # a trace would otherwise record torch.empty and miss the native call that fills it (or keep W' as a constant)
+    model = create_model("se_resnet50", layers=(1, 1, 1, 1), num_classes=10).eval()
+    x, other = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+        with se_impl(model, "eager"):
+            ref = model(other)
+        torch.testing.assert_close(traced(other), ref, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            model.layer2[0].bn3.running_var.mul_(4.0)  # shared with the trace: no stale fold inside it
+        with se_impl(model, "eager"):
+            ref = model(other)
+        torch.testing.assert_close(traced(other), ref, rtol=1e-5, atol=1e-5)

@@ -97,6 +97,7 @@ class SEModule(nn.Module):
             and x.is_cpu
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()  # (a trace would record an empty tensor the C call fills unseen)
         ):
             params = self._native_params()
             if params is not None:
@@ -183,8 +184,8 @@ class SEModule(nn.Module):
         # Once per block and forward, right after the previous block's convolutions have evicted every cache: each
         # object touched here costs, so the run-time conditions come first, the structural ones are worked out once
         # per (producer, norm) pair, and the modules' dicts are read directly (not through Module.__getattr__).
-        if self.impl != "auto" or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return None  # (the compiler fuses the squeeze itself; its graphs stay free of caches)
+        if self.impl != "auto" or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return None  # (compiled and traced graphs stay free of caches: a trace would keep W' as a constant)
         if x.is_cuda and self.use_triton(x):
             return None
         plan = self._producer_plan

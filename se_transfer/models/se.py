@@ -123,12 +123,7 @@ class SEModule(nn.Module):
         cache = self._native_cache
         if cache is None or cache[0] != key:
             w1, b1, w2, b2 = sources
-            params = None
-            usable = all(t is None or (t.dtype == torch.float32 and t.is_cpu) for t in sources)
-            if usable and cpu_gate.available():
-                with torch.no_grad():
-                    b1 = torch.zeros(w1.shape[0]) if b1 is None else b1
-                    params = cpu_gate.GateParams(w1.flatten(1), b1, w2.flatten(1).t(), b2, self.gate_type)
+            params = cpu_gate.gate_params(w1.flatten(1), b1, w2.flatten(1).t(), b2, self.gate_type)
             cache = self._native_cache = (key, params)
         return cache[1]
 
@@ -266,9 +261,7 @@ class SEModule(nn.Module):
             # W' transposed and contiguous (addmm(b, z, W'^T) reads it row by row); fc2 as a transposed view
             w2_t = fc2.weight.view(self.channels, -1).t()
             w_fold, b_fold = w_fold.to(dtype), b_fold.to(dtype)
-            native = None
-            if dtype == torch.float32 and w_fold.device.type == "cpu" and cpu_gate.available():
-                native = cpu_gate.GateParams(w_fold, b_fold, w2_t, fc2.bias, self.gate_type)
+            native = cpu_gate.gate_params(w_fold, b_fold, w2_t, fc2.bias, self.gate_type)
             return w_fold.t().contiguous(), b_fold, w2_t, fc2.bias, native
 
     def extra_repr(self) -> str:

@@ -183,10 +183,18 @@ def reset() -> None:
         _state.clear()
 
 
+def gate_params(w1, b1, w2t, b2, gate: str) -> GateParams | None:
+    """:class:`GateParams` for these weights, or None where the kernel cannot serve them: no kernel here, or a tensor
+    that is not float32 on the CPU (PyTorch ops then compute the same excitation)."""
+    if any(t is not None and (t.dtype != torch.float32 or not t.is_cpu) for t in (w1, b1, w2t, b2)):
+        return None
+    return GateParams(w1, b1, w2t, b2, gate) if available() else None
+
+
 class GateParams:
     """The weights of one SE block's excitation, in the kernel's layout, kept alive as long as the kernel may read
-    them: ``w1`` (hid x cin: the first FC; the kernel divides its sums by H*W), ``b1`` (hid), ``w2t`` (hid x c: the
-    second FC transposed), ``b2`` (c or None), all float32 CPU tensors, made contiguous here."""
+    them: ``w1`` (hid x cin: the first FC; the kernel divides its sums by H*W), ``b1`` (hid, or None for no bias),
+    ``w2t`` (hid x c: the second FC transposed), ``b2`` (c or None), all float32 CPU tensors, made contiguous here."""
 
     __slots__ = ("tensors", "struct", "ref", "channels", "in_channels", "fn")
 
@@ -198,6 +206,8 @@ class GateParams:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
         if w1.dim() != 2 or w2t.dim() != 2:
             raise ValueError(f"w1 and w2t must be 2-D, got {w1.dim()}-D and {w2t.dim()}-D")
+        if b1 is None:
+            b1 = torch.zeros(w1.shape[0])
         tensors = [t if t is None else t.detach().contiguous() for t in (w1, b1, w2t, b2)]
         w1, b1, w2t, b2 = tensors
         hid, cin = w1.shape
@@ -229,7 +239,7 @@ def excitation(params: GateParams, h: torch.Tensor) -> torch.Tensor:
 
     ``h`` is a float32 CPU tensor, N x cin x H x W, with any strides in which H and W merge into one axis
     (contiguous NCHW and channels_last do); other strides are made contiguous first."""
-    if h.dtype != torch.float32 or h.device.type != "cpu" or h.dim() != 4:
+    if h.dtype != torch.float32 or not h.is_cpu or h.dim() != 4:
         raise ValueError(f"the native SE gate takes a 4-D float32 CPU tensor, got {h.dtype} {h.device} {h.dim()}-D")
     n, cin, hh, ww = h.shape
     if cin != params.in_channels:

@@ -120,22 +120,36 @@ def se_scale_residual(u, shortcut, w1, b1, w2, b2, gate: str = "sigmoid", relu: 
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _offsets(n, hw, c, s_n, s_c, s_hw):
+    # element offsets of the [BLOCK_HW, BLOCK_C] tile (hw rows, c columns) of sample n in a tensor with these strides
+    return n * s_n + hw[:, None] * s_hw + c[None, :] * s_c
+
+
+def _elementwise_tile(HW_BLOCKS, C, HW, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    # the (n, hw, c) tile of this program in the elementwise kernels (grid: N * HW_BLOCKS, C blocks), and its masks
+    pid = tl.program_id(0)
+    n = (pid // HW_BLOCKS).to(tl.int64)
+    hw = (pid % HW_BLOCKS) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    return n, hw, c, c_ok, (hw < HW)[:, None] & c_ok[None, :]
+
+
 def _squeeze_kernel(
     x_ptr, part_ptr, C, HW, CHUNK, SPLIT, s_n, s_c, s_hw, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr
 ):
     # part[n, split, c] = sum of x[n, c, hw] over hw in [split * CHUNK, (split + 1) * CHUNK)
     pid = tl.program_id(0)
-    n = pid // SPLIT
+    n = (pid // SPLIT).to(tl.int64)
     split = pid % SPLIT
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
-    x_ptr += n.to(tl.int64) * s_n
     hw0 = split * CHUNK
     acc = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
     for start in range(0, CHUNK, BLOCK_HW):
         hw = hw0 + start + tl.arange(0, BLOCK_HW)
         mask = (hw < HW)[:, None] & c_ok[None, :]
-        x = tl.load(x_ptr + hw[:, None] * s_hw + c[None, :] * s_c, mask=mask, other=0.0)
+        x = tl.load(x_ptr + _offsets(n, hw, c, s_n, s_c, s_hw), mask=mask, other=0.0)
         acc += x.to(tl.float32)
     tl.store(part_ptr + pid * C + c, tl.sum(acc, axis=0), mask=c_ok)
 
@@ -162,19 +176,14 @@ def _scale_residual_kernel(
     BLOCK_C: tl.constexpr,
 ):
     # out = act(u * g[n, c] + shortcut)
-    pid = tl.program_id(0)
-    n = (pid // HW_BLOCKS).to(tl.int64)
-    hw = (pid % HW_BLOCKS) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    mask = (hw < HW)[:, None] & c_ok[None, :]
+    n, hw, c, c_ok, mask = _elementwise_tile(HW_BLOCKS, C, HW, BLOCK_HW, BLOCK_C)
     g = tl.load(g_ptr + n * C + c, mask=c_ok, other=0.0)
-    u = tl.load(u_ptr + n * su_n + hw[:, None] * su_hw + c[None, :] * su_c, mask=mask, other=0.0)
-    sc = tl.load(sc_ptr + n * ss_n + hw[:, None] * ss_hw + c[None, :] * ss_c, mask=mask, other=0.0)
+    u = tl.load(u_ptr + _offsets(n, hw, c, su_n, su_c, su_hw), mask=mask, other=0.0)
+    sc = tl.load(sc_ptr + _offsets(n, hw, c, ss_n, ss_c, ss_hw), mask=mask, other=0.0)
     y = u.to(tl.float32) * g[None, :] + sc.to(tl.float32)
     if RELU:
         y = tl.where(y < 0.0, 0.0, y)  # not maximum(): a NaN stays NaN, as in torch.relu
-    tl.store(out_ptr + n * so_n + hw[:, None] * so_hw + c[None, :] * so_c, y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + _offsets(n, hw, c, so_n, so_c, so_hw), y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _backward_reduce_kernel(
@@ -214,14 +223,13 @@ def _backward_reduce_kernel(
     for start in range(0, CHUNK, BLOCK_HW):
         hw = hw0 + start + tl.arange(0, BLOCK_HW)
         mask = (hw < HW)[:, None] & c_ok[None, :]
-        dpre = tl.load(go_ptr + n * sg_n + hw[:, None] * sg_hw + c[None, :] * sg_c, mask=mask, other=0.0)
-        dpre = dpre.to(tl.float32)
+        dpre = tl.load(go_ptr + _offsets(n, hw, c, sg_n, sg_c, sg_hw), mask=mask, other=0.0).to(tl.float32)
         if RELU:
-            o = tl.load(out_ptr + n * so_n + hw[:, None] * so_hw + c[None, :] * so_c, mask=mask, other=0.0)
+            o = tl.load(out_ptr + _offsets(n, hw, c, so_n, so_c, so_hw), mask=mask, other=0.0)
             dpre = tl.where(o <= 0, 0.0, dpre)  # torch's threshold_backward: a NaN output passes the gradient
-            d_ptrs = dsc_ptr + n * sd_n + hw[:, None] * sd_hw + c[None, :] * sd_c
+            d_ptrs = dsc_ptr + _offsets(n, hw, c, sd_n, sd_c, sd_hw)
             tl.store(d_ptrs, dpre.to(dsc_ptr.dtype.element_ty), mask=mask)
-        u = tl.load(u_ptr + n * su_n + hw[:, None] * su_hw + c[None, :] * su_c, mask=mask, other=0.0)
+        u = tl.load(u_ptr + _offsets(n, hw, c, su_n, su_c, su_hw), mask=mask, other=0.0)
         acc += dpre * u.to(tl.float32)
     tl.store(part_ptr + pid * C + c, tl.sum(acc, axis=0), mask=c_ok)
 
@@ -249,31 +257,27 @@ def _backward_input_kernel(
     BLOCK_C: tl.constexpr,
 ):
     # du = dpre * g[n, c] + dz[n, c] / HW; src is dpre, or grad_out whose relu mask is recomputed from out
-    pid = tl.program_id(0)
-    n = (pid // HW_BLOCKS).to(tl.int64)
-    hw = (pid % HW_BLOCKS) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    mask = (hw < HW)[:, None] & c_ok[None, :]
-    dpre = tl.load(src_ptr + n * ss_n + hw[:, None] * ss_hw + c[None, :] * ss_c, mask=mask, other=0.0)
-    dpre = dpre.to(tl.float32)
+    n, hw, c, c_ok, mask = _elementwise_tile(HW_BLOCKS, C, HW, BLOCK_HW, BLOCK_C)
+    dpre = tl.load(src_ptr + _offsets(n, hw, c, ss_n, ss_c, ss_hw), mask=mask, other=0.0).to(tl.float32)
     if RECOMPUTE_RELU:
-        o = tl.load(out_ptr + n * so_n + hw[:, None] * so_hw + c[None, :] * so_c, mask=mask, other=0.0)
+        o = tl.load(out_ptr + _offsets(n, hw, c, so_n, so_c, so_hw), mask=mask, other=0.0)
         dpre = tl.where(o <= 0, 0.0, dpre)
     g = tl.load(g_ptr + n * C + c, mask=c_ok, other=0.0)
     dzs = tl.load(dzs_ptr + n * C + c, mask=c_ok, other=0.0)
     du = dpre * g[None, :] + dzs[None, :]
-    tl.store(du_ptr + n * sd_n + hw[:, None] * sd_hw + c[None, :] * sd_c, du.to(du_ptr.dtype.element_ty), mask=mask)
+    tl.store(du_ptr + _offsets(n, hw, c, sd_n, sd_c, sd_hw), du.to(du_ptr.dtype.element_ty), mask=mask)
 
 
 @functools.cache
 def _kernels() -> types.SimpleNamespace:
     """Import Triton and jit the kernels (once; TRITON_INTERPRET is read here, at decoration)."""
-    global tl
+    global tl, _offsets, _elementwise_tile
     import triton
     import triton.language
 
     tl = triton.language
+    # the kernels call these helpers by their global names, which must hold jitted functions when they compile
+    _offsets, _elementwise_tile = triton.jit(_offsets), triton.jit(_elementwise_tile)
     return types.SimpleNamespace(
         squeeze=triton.jit(_squeeze_kernel),
         scale_residual=triton.jit(_scale_residual_kernel),

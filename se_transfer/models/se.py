@@ -27,6 +27,12 @@ _AFFINE = ("weight", "bias")
 _NORM_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
+def _state_key(tensors) -> list:
+    """A cache key that changes when any of ``tensors`` (None allowed) is replaced, moved to other storage (``.to``,
+    ``.data =``) or modified in place: their storage addresses and version counters."""
+    return [None if t is None else (t.data_ptr(), t._version) for t in tensors]
+
+
 def se_hidden_channels(channels: int, reduction: int) -> int:
     """Width of the bottleneck FC of an SE block: C // r, at least 1 (as in the official models)."""
     if reduction < 1:
@@ -91,14 +97,7 @@ class SEModule(nn.Module):
 
         With ``impl='auto'``, float32 CPU inference without autograd runs the average-squeeze SE as one native call
         (``se_transfer.ops.cpu_gate``) where that kernel could be built."""
-        if (
-            self.impl == "auto"
-            and x.dtype == torch.float32
-            and x.is_cpu
-            and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()  # (a trace would record an empty tensor the C call fills unseen)
-        ):
+        if x.dtype == torch.float32 and x.is_cpu and self._inference_shortcuts():
             params = self._native_params()
             if params is not None:
                 return cpu_gate.excitation(params, x)
@@ -112,6 +111,17 @@ class SEModule(nn.Module):
             s = F.linear(h, self.fc2.weight.flatten(1), self.fc2.bias)[:, :, None, None]
         return self._gate(s)
 
+    def _inference_shortcuts(self) -> bool:
+        """Whether the inference-only paths (the producer fold, the native CPU excitation) may run: ``impl='auto'``,
+        no autograd, and neither compiling (the compiler fuses the squeeze itself) nor tracing (a trace would keep
+        W' as a constant, and record the native call's output as an unfilled tensor)."""
+        return (
+            self.impl == "auto"
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+        )
+
     def _native_params(self) -> cpu_gate.GateParams | None:
         """fc1 and fc2 in the native kernel's layout, cached (rebuilt when their storage or version changes); None
         where the kernel does not apply (NoSqueeze, max squeeze, weights not float32 on the CPU, no kernel)."""
@@ -119,7 +129,7 @@ class SEModule(nn.Module):
             return None
         fc1, fc2 = self._modules["fc1"]._parameters, self._modules["fc2"]._parameters
         sources = (fc1["weight"], fc1.get("bias"), fc2["weight"], fc2.get("bias"))
-        key = [None if t is None else (t.data_ptr(), t._version) for t in sources]
+        key = _state_key(sources)
         cache = self._native_cache
         if cache is None or cache[0] != key:
             w1, b1, w2, b2 = sources
@@ -179,8 +189,8 @@ class SEModule(nn.Module):
         # Once per block and forward, right after the previous block's convolutions have evicted every cache: each
         # object touched here costs, so the run-time conditions come first, the structural ones are worked out once
         # per (producer, norm) pair, and the modules' dicts are read directly (not through Module.__getattr__).
-        if self.impl != "auto" or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return None  # (compiled and traced graphs stay free of caches: a trace would keep W' as a constant)
+        if not self._inference_shortcuts():
+            return None
         if x.is_cuda and self.use_triton(x):
             return None
         plan = self._producer_plan
@@ -188,8 +198,7 @@ class SEModule(nn.Module):
             plan = self._plan(producer, norm)
         if not plan[2] or (norm.training and isinstance(norm, nn.BatchNorm2d)):  # BN in training: batch statistics
             return None
-        # The cache key: storage and version counter of every tensor W', b' and fc2 come from.
-        key = [None if (t := d.get(n)) is None else (t.data_ptr(), t._version) for d, n in plan[3]]
+        key = _state_key([d.get(n) for d, n in plan[3]])  # every tensor W', b' and fc2 come from
         key.append(norm.eps)
         cache = self._producer_cache
         if cache is None or cache[0] != key:

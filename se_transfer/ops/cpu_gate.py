@@ -5,8 +5,9 @@ convolution each op costs tens of microseconds of cold caches and dispatch: abou
 more than the arithmetic of the whole SE. ``csrc/se_gate.c`` computes ``gate(W2 relu(W1 mean_hw(h) + b1) + b2)`` in
 one call, float32 only.
 
-Threads: on Linux with torch's bundled GNU OpenMP the squeeze and the second FC are split over torch's own OpenMP
-threads (``torch.set_num_threads`` applies); results do not depend on the thread count.
+Threads: on Linux with torch's bundled GNU OpenMP the work is split over torch's own OpenMP threads,
+``torch.get_num_threads()`` of them (batch 1: the squeeze and both FCs over channels; a batch: over samples); results
+do not depend on the thread count.
 
 How it is built: with the C compiler named by ``$CC`` (default ``cc``), ``-O3 -march=native``, into
 ``$SE_TRANSFER_CACHE_DIR`` (default ``$XDG_CACHE_HOME/se_transfer``, i.e. ``~/.cache/se_transfer``) under a name
@@ -33,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-GATES = ("sigmoid", "tanh", "relu")
+from .fused_se import GATES  # their indices are the kernel's gate codes (0 sigmoid, 1 tanh, 2 relu)
+
 SOURCE = Path(__file__).with_name("csrc") / "se_gate.c"
 ABI = 3  # SE_GATE_ABI in csrc/se_gate.c
 # Reassociating the float sums lets the compiler vectorise the reductions; no -ffast-math (it would set

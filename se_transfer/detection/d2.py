@@ -1,252 +1,306 @@
-"""detectron2 adapter: SE backbones (plain and FPN) in detectron2's BACKBONE_REGISTRY, when detectron2 is installed.
+"""detectron2 adapter: the project's SE backbones in detectron2's Faster R-CNN, trained by detectron2's own engine.
 
-detectron2 is imported only inside ``register()``; everything else here is plain Python, so the layout it builds is
-tested without detectron2. The modules use detectron2's own names (``stem.conv1`` + ``.norm``, ``res2.0.conv1``,
-``res2.0.shortcut``, ``res2.0.se.fc1``), which are exactly the names ``tools/convert_weights.py X.pkl`` writes, so::
+detectron2 is imported only inside the functions that need it; importing this module does not need it. The backbone
+is the project's own ``ResNet`` (``se_transfer.detection.backbone``), wrapped as a detectron2 ``Backbone`` with
+``output_shape()``, so it computes exactly what ``create_model(arch, pretrained=weights)`` computes, SE kernels and
+frozen stages included. Usage, as a detectron2 project::
 
-    from se_transfer.detection.d2 import add_se_transfer_config, register
-    register()
-    add_se_transfer_config(cfg)                       # adds MODEL.SE_TRANSFER.*
-    cfg.MODEL.BACKBONE.NAME = "build_se_transfer_fpn_backbone"
-    cfg.MODEL.SE_TRANSFER.ARCH = "se_resnet50"
-    cfg.MODEL.WEIGHTS = "se_resnet50.pkl"             # from tools/convert_weights.py
-    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = ...   # detectron2 wants 0..255 BGR/RGB: see the .pkl's metadata
+    from se_transfer.detection.d2 import add_se_transfer_config, merge_config_file, register, resolve_config
+    register()                                  # the backbones enter detectron2's BACKBONE_REGISTRY
+    cfg = get_cfg(); add_se_transfer_config(cfg)
+    merge_config_file(cfg, "configs/detectron2/faster_rcnn_se_resnet50_fpn_2x.yaml")
+    cfg.MODEL.WEIGHTS = "se_resnet50.pth"       # any public layout (Cadene, timm, torchvision, ours, .pkl)
+    resolve_config(cfg)                         # fills ARCH, PIXEL_MEAN/STD, INPUT.FORMAT from the weights
 
-Config keys used: MODEL.SE_TRANSFER.ARCH (a registered ImageNet-family model), MODEL.SE_TRANSFER.KWARGS (model
-options as a dict), MODEL.RESNETS.OUT_FEATURES, MODEL.RESNETS.NORM, MODEL.BACKBONE.FREEZE_AT, and for the FPN
-MODEL.FPN.IN_FEATURES, MODEL.FPN.OUT_CHANNELS, MODEL.FPN.NORM, MODEL.FPN.FUSE_TYPE.
+Config keys (``add_se_transfer_config``):
+- ``MODEL.SE_TRANSFER.ARCH``: a registered ImageNet-family model ('' = the one the weights file holds);
+- ``MODEL.SE_TRANSFER.KWARGS``: model options beyond the file's (they may not contradict it);
+- ``MODEL.SE_TRANSFER.SE_IMPL``: how SE blocks are computed ('auto': the fused Triton kernels on CUDA);
+- ``MODEL.PIXEL_MEAN``, ``MODEL.PIXEL_STD`` ([] = from the weights) and ``INPUT.FORMAT`` ('' = from the weights).
+Also read: ``MODEL.WEIGHTS``, ``MODEL.RESNETS.OUT_FEATURES``, ``MODEL.RESNETS.NORM`` (FrozenBN, BN or SyncBN),
+``MODEL.BACKBONE.FREEZE_AT`` and the ``MODEL.FPN.*`` keys. ``MODEL.RESNETS.DEPTH``, ``STRIDE_IN_1X1``, ``NUM_GROUPS``
+and ``WIDTH_PER_GROUP`` describe detectron2's own ResNet and are not used: the weights file decides.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from ..models.factory import model_defaults, model_entry
-from ..models.resnet import RESNET_STAGE_PLANES
-from ..models.se import se_hidden_channels
+import yaml
+
+from ..engine.checkpoint import atomic_torch_save, atomic_write_text
+from ..models.weights import checkpoint_metadata, read_checkpoint, read_pickle_payload
+from .backbone import BACKBONE_META_KEY, BackboneConfigError, BackboneSpec, build_backbone, is_detector_state
+from .backbone import resolve_backbone as _resolve
+
+logger = logging.getLogger(__name__)
 
 BACKBONE_NAMES = ("build_se_transfer_backbone", "build_se_transfer_fpn_backbone")
+# `_BASE_: "detectron2-model-zoo://Base-RCNN-FPN.yaml"` names a config file shipped inside the installed detectron2
+# package (found by path: detectron2.model_zoo imports pkg_resources, which current setuptools no longer has).
+MODEL_ZOO_PREFIX = "detectron2-model-zoo://"
+INSTALL_HINT = (
+    "detectron2 is not installed. It has no usable PyPI package; build it from its source, e.g. "
+    "`pip install ../shared/third_party/detectron2-0.6-cp311-cp311-linux_x86_64.whl` here, or "
+    "`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'` elsewhere "
+    "(see README, 'detectron2')"
+)
+_NORMS = {"FrozenBN": "FrozenBN", "BN": "BN", "SyncBN": "BN"}
+# PIXEL_MEAN / PIXEL_STD that differ from the file's by at most this (0..255 units) are the same normalisation:
+# detectron2's MSRA mean 103.53 and Caffe's 104 are one convention.
+MEAN_TOLERANCE = 1.0
+STD_RTOL = 0.01
 
 
-@dataclass(frozen=True)
-class BlockSpec:
-    """One residual block in detectron2's terms."""
-
-    in_channels: int
-    out_channels: int
-    first_channels: int  # conv1 output (bottleneck) or width (basic)
-    mid_channels: int  # conv2 output (bottleneck)
-    stride: int
-    stride_in_1x1: bool
-    groups: int
-    shortcut_kernel: int  # 0: identity shortcut
-    se_channels: int  # 0: no SE
-    bottleneck: bool
-    relu_before_se: bool
+def require_detectron2() -> None:
+    """Import detectron2 or raise an ImportError that says how to install it."""
+    try:
+        import detectron2  # noqa: F401
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
 
 
-def d2_layout(arch: str, **overrides: Any) -> tuple[dict[str, Any], list[list[BlockSpec]]]:
-    """(stem spec, blocks per stage res2..res5) of a registered ImageNet-family model with its options."""
-    if model_entry(arch).family != "imagenet":
-        raise ValueError(f"{arch} is not an ImageNet-family backbone")
-    a = {**_resnet_defaults(), **model_defaults(arch), **overrides}
-    if a["se_variant"] != "standard" or a["se_no_squeeze"] or a["se_squeeze"] != "avg" or a["se_gate"] != "sigmoid":
-        raise ValueError("the detectron2 adapter builds the standard SE block (avg squeeze, sigmoid gate) only")
-    stem = {
-        "deep": a["stem_type"] == "deep",
-        "width": a["stem_width"],
-        "pool": a["stem_pool"],
-        "in_chans": a["in_chans"],
-    }
-    bottleneck = a["block"] == "bottleneck"
-    expansion = 4 if bottleneck else 1
-    stages = []
-    in_ch = a["stem_width"]
-    for i, planes in enumerate(RESNET_STAGE_PLANES):
-        out_ch = planes * expansion
-        width = int(planes * a["width_per_group"] / 64) * a["groups"]
-        hidden = a["se_channels"][i] if a["se_channels"] is not None else None
-        se = (hidden or se_hidden_channels(out_ch, a["reduction"])) if (i + 2) in a["se_stages"] else 0
-        blocks = []
-        for b in range(a["layers"][i]):
-            stride = 2 if (b == 0 and i > 0) else 1
-            needs_proj = b == 0 and (stride != 1 or in_ch != out_ch)
-            blocks.append(
-                BlockSpec(
-                    in_channels=in_ch,
-                    out_channels=out_ch,
-                    first_channels=(width // a["reduce_first"]) if bottleneck else planes,
-                    mid_channels=width if bottleneck else planes,
-                    stride=stride,
-                    stride_in_1x1=bool(a["stride_in_1x1"]),
-                    groups=a["groups"],
-                    shortcut_kernel=(a["downsample_kernel"] if i > 0 else 1) if needs_proj else 0,
-                    se_channels=se,
-                    bottleneck=bottleneck,
-                    relu_before_se=bool(a["basic_relu_before_se"]) and not bottleneck,
-                )
-            )
-            in_ch = out_ch
-        stages.append(blocks)
-    return stem, stages
-
-
-def _resnet_defaults() -> dict[str, Any]:
-    from ..models.factory import RESNET_DEFAULTS
-
-    return dict(RESNET_DEFAULTS)
-
-
-def d2_state_shapes(stem: dict[str, Any], stages: list[list[BlockSpec]]) -> dict[str, tuple[int, ...]]:
-    """The parameter and buffer shapes of the detectron2 backbone ``register()`` builds (FrozenBN norms)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def conv(name: str, cin: int, cout: int, k: int, groups: int = 1, bias: bool = False) -> None:
-        shapes[f"{name}.weight"] = (cout, cin // groups, k, k)
-        if bias:
-            shapes[f"{name}.bias"] = (cout,)
-
-    def norm(name: str, c: int) -> None:
-        for p in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{name}.norm.{p}"] = (c,)
-
-    if stem["deep"]:
-        mid = stem["width"] // 2
-        for j, (cin, cout) in enumerate([(stem["in_chans"], mid), (mid, mid), (mid, stem["width"])], start=1):
-            conv(f"stem.conv{j}", cin, cout, 3)
-            norm(f"stem.conv{j}", cout)
-    else:
-        conv("stem.conv1", stem["in_chans"], stem["width"], 7)
-        norm("stem.conv1", stem["width"])
-    for i, blocks in enumerate(stages):
-        for b, s in enumerate(blocks):
-            p = f"res{i + 2}.{b}"
-            if s.bottleneck:
-                convs = [(s.in_channels, s.first_channels, 1, 1), (s.first_channels, s.mid_channels, 3, s.groups),
-                         (s.mid_channels, s.out_channels, 1, 1)]  # fmt: skip
-            else:
-                convs = [(s.in_channels, s.first_channels, 3, 1), (s.first_channels, s.out_channels, 3, 1)]
-            for j, (cin, cout, k, g) in enumerate(convs, start=1):
-                conv(f"{p}.conv{j}", cin, cout, k, g)
-                norm(f"{p}.conv{j}", cout)
-            if s.shortcut_kernel:
-                conv(f"{p}.shortcut", s.in_channels, s.out_channels, s.shortcut_kernel)
-                norm(f"{p}.shortcut", s.out_channels)
-            if s.se_channels:
-                conv(f"{p}.se.fc1", s.out_channels, s.se_channels, 1, bias=True)
-                conv(f"{p}.se.fc2", s.se_channels, s.out_channels, 1, bias=True)
-    return shapes
+# ------------------------------------------------------------------------------------------------------- config
 
 
 def add_se_transfer_config(cfg: Any) -> None:
-    """Add MODEL.SE_TRANSFER.ARCH and MODEL.SE_TRANSFER.KWARGS to a detectron2 config."""
+    """Add MODEL.SE_TRANSFER.* and make PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT 'from the weights' by default."""
     from detectron2.config import CfgNode
 
     cfg.MODEL.SE_TRANSFER = CfgNode()
-    cfg.MODEL.SE_TRANSFER.ARCH = "se_resnet50"
+    cfg.MODEL.SE_TRANSFER.ARCH = ""
     cfg.MODEL.SE_TRANSFER.KWARGS = CfgNode(new_allowed=True)
+    cfg.MODEL.SE_TRANSFER.SE_IMPL = "auto"
+    cfg.MODEL.PIXEL_MEAN = []
+    cfg.MODEL.PIXEL_STD = []
+    cfg.INPUT.FORMAT = ""
+
+
+def model_zoo_config_dir() -> Path:
+    """The folder of config files inside the installed detectron2 package (model_zoo/configs)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(INSTALL_HINT)
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model_zoo" / "configs"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"detectron2 is installed without its model-zoo configs (no {folder})")
+    return folder
+
+
+def load_yaml_with_base(path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A detectron2 YAML config with its ``_BASE_`` chain merged (safe_load; detectron2-model-zoo:// bases)."""
+    path = Path(path)
+    if str(path) in _seen:
+        raise ValueError(f"{path}: _BASE_ chain loops: {' -> '.join(_seen + (str(path),))}")
+    if not path.is_file():
+        referrer = f" (the _BASE_ of {_seen[-1]})" if _seen else ""
+        raise FileNotFoundError(f"config file not found: {path}{referrer}")
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a YAML mapping, found {type(data).__name__}")
+    bases = data.pop("_BASE_", None)
+    if bases is None:
+        return data
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        if base.startswith(MODEL_ZOO_PREFIX):
+            base_path = model_zoo_config_dir() / base[len(MODEL_ZOO_PREFIX) :]
+        else:
+            base_path = Path(os.path.expanduser(base))
+            if not base_path.is_absolute():
+                base_path = path.parent / base_path
+        _merge_into(load_yaml_with_base(base_path, _seen + (str(path),)), merged)
+    _merge_into(data, merged)
+    return merged
+
+
+def _merge_into(src: Mapping[str, Any], dst: dict[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, Mapping) and isinstance(dst.get(k), dict):
+            _merge_into(v, dst[k])
+        else:
+            dst[k] = copy.deepcopy(v)
+
+
+def merge_config_file(cfg: Any, path: str | os.PathLike) -> None:
+    """Merge a config file (and its _BASE_ files) into a detectron2 cfg; unknown keys are errors naming the file."""
+    data = load_yaml_with_base(path)
+    try:
+        cfg.merge_from_other_cfg(type(cfg)(data))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def input_config(input_norm: Mapping[str, Any]) -> tuple[str, list[float], list[float]]:
+    """(INPUT.FORMAT, MODEL.PIXEL_MEAN, MODEL.PIXEL_STD) in detectron2's 0..255 convention for a weights' norm."""
+    scale = 255.0 / float(input_norm["pixel_range"])
+    mean = [round(float(m) * scale, 4) for m in input_norm["mean"]]
+    std = [round(float(s) * scale, 4) for s in input_norm["std"]]
+    return str(input_norm["channel_order"]), mean, std
+
+
+def _check_input(cfg: Any, spec: BackboneSpec) -> list[str]:
+    """The input keys of ``cfg`` that contradict the weights' normalisation, as messages."""
+    fmt, mean, std = input_config(spec.input_norm)
+    source = spec.path or "random initialisation (ImageNet RGB)"
+    problems = []
+    if cfg.INPUT.FORMAT and cfg.INPUT.FORMAT != fmt:
+        problems.append(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r} but {source} expects {fmt!r} input")
+    given_mean, given_std = list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)
+    if given_mean and (
+        len(given_mean) != len(mean) or any(abs(a - b) > MEAN_TOLERANCE for a, b in zip(given_mean, mean))
+    ):
+        problems.append(f"MODEL.PIXEL_MEAN={given_mean} but {source} expects {mean} ({fmt}, 0..255)")
+    if given_std and (
+        len(given_std) != len(std) or any(not math.isclose(a, b, rel_tol=STD_RTOL) for a, b in zip(given_std, std))
+    ):
+        problems.append(f"MODEL.PIXEL_STD={given_std} but {source} expects {std} ({fmt}, 0..255)")
+    return problems
+
+
+def uses_se_transfer(cfg: Any) -> bool:
+    """Whether the config's backbone is one of ours."""
+    return cfg.MODEL.BACKBONE.NAME in BACKBONE_NAMES
+
+
+def backbone_spec(cfg: Any) -> BackboneSpec:
+    """The backbone MODEL.WEIGHTS holds, checked against MODEL.SE_TRANSFER.ARCH / KWARGS (errors name both)."""
+    return _resolve(
+        cfg.MODEL.WEIGHTS,
+        cfg.MODEL.SE_TRANSFER.ARCH,
+        dict(cfg.MODEL.SE_TRANSFER.KWARGS),
+        weights_key="MODEL.WEIGHTS",
+        arch_key="MODEL.SE_TRANSFER.ARCH",
+        kwargs_key="MODEL.SE_TRANSFER.KWARGS",
+    )
+
+
+def resolve_config(cfg: Any) -> BackboneSpec | None:
+    """Fill MODEL.SE_TRANSFER.ARCH, MODEL.PIXEL_MEAN/STD and INPUT.FORMAT from MODEL.WEIGHTS where they are unset;
+    raise a BackboneConfigError naming both sides where the config contradicts the file. ``cfg`` must be mutable.
+
+    For a config whose backbone is not ours, unset input keys get detectron2's defaults (MSRA BGR)."""
+    if not uses_se_transfer(cfg):
+        from detectron2.config import get_cfg
+
+        d2 = get_cfg()
+        cfg.MODEL.PIXEL_MEAN = list(cfg.MODEL.PIXEL_MEAN) or list(d2.MODEL.PIXEL_MEAN)
+        cfg.MODEL.PIXEL_STD = list(cfg.MODEL.PIXEL_STD) or list(d2.MODEL.PIXEL_STD)
+        cfg.INPUT.FORMAT = cfg.INPUT.FORMAT or d2.INPUT.FORMAT
+        return None
+    spec = backbone_spec(cfg)
+    problems = _check_input(cfg, spec)
+    if problems:
+        raise BackboneConfigError("; ".join(problems) + ". Leave them unset to take them from the weights")
+    fmt, mean, std = input_config(spec.input_norm)
+    cfg.MODEL.SE_TRANSFER.ARCH = spec.arch
+    cfg.INPUT.FORMAT = cfg.INPUT.FORMAT or fmt
+    cfg.MODEL.PIXEL_MEAN = list(cfg.MODEL.PIXEL_MEAN) or mean
+    cfg.MODEL.PIXEL_STD = list(cfg.MODEL.PIXEL_STD) or std
+    logger.info(
+        "backbone %s from %s (%s): INPUT.FORMAT %s, MODEL.PIXEL_MEAN %s, MODEL.PIXEL_STD %s",
+        spec.arch,
+        spec.path or "random initialisation",
+        spec.source,
+        cfg.INPUT.FORMAT,
+        list(cfg.MODEL.PIXEL_MEAN),
+        list(cfg.MODEL.PIXEL_STD),
+    )
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------------- backbone
+
+
+def _backbone_class() -> type:
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import Backbone
+
+    class SETransferBackbone(Backbone):
+        """The project's ResNet (features mode) as a detectron2 Backbone: res2..res5 with their channels/strides."""
+
+        def __init__(self, body: Any) -> None:
+            super().__init__()
+            self.body = body
+            self._out_features = list(body.out_features)
+            shapes = body.output_shape()
+            self._out_feature_channels = {k: v.channels for k, v in shapes.items()}
+            self._out_feature_strides = {k: v.stride for k, v in shapes.items()}
+
+        def forward(self, x):
+            return self.body(x)
+
+        def output_shape(self):
+            return {
+                k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
+                for k in self._out_features
+            }
+
+        def checkpoint_metadata(self) -> dict[str, Any]:
+            """The architecture, options and input normalisation of the backbone, for detector checkpoints."""
+            return checkpoint_metadata(self.body)
+
+    return SETransferBackbone
+
+
+def build_bottom_up(cfg: Any, input_shape: Any) -> Any:
+    """The SE backbone of ``cfg`` as a detectron2 Backbone, weights loaded when MODEL.WEIGHTS holds backbone weights."""
+    spec = backbone_spec(cfg)
+    problems = _check_input(cfg, spec)
+    if not cfg.MODEL.PIXEL_MEAN or not cfg.MODEL.PIXEL_STD or not cfg.INPUT.FORMAT:
+        problems.append(
+            "MODEL.PIXEL_MEAN, MODEL.PIXEL_STD and INPUT.FORMAT are unset: call "
+            "se_transfer.detection.d2.resolve_config(cfg) before building the model (tools/train_net_d2.py does)"
+        )
+    if problems:
+        raise BackboneConfigError("; ".join(problems))
+    in_chans = int(spec.kwargs.get("in_chans", 3))
+    if input_shape.channels != in_chans:
+        raise BackboneConfigError(f"the backbone takes {in_chans}-channel input, the model gives {input_shape.channels}")
+    norm = cfg.MODEL.RESNETS.NORM
+    if norm not in _NORMS:
+        raise BackboneConfigError(f"MODEL.RESNETS.NORM={norm!r}: the SE backbones support {sorted(_NORMS)}")
+    body = build_backbone(
+        spec,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        norm=_NORMS[norm],
+        se_impl=cfg.MODEL.SE_TRANSFER.SE_IMPL,
+        out_features=tuple(cfg.MODEL.RESNETS.OUT_FEATURES),
+    )
+    if norm == "SyncBN":
+        import torch
+
+        body = torch.nn.SyncBatchNorm.convert_sync_batchnorm(body)
+    return _backbone_class()(body)
 
 
 def register() -> None:
     """Register the two backbone builders into detectron2's BACKBONE_REGISTRY (once; needs detectron2)."""
-    try:
-        from detectron2.modeling import BACKBONE_REGISTRY
-    except ImportError as e:  # pragma: no cover - exercised only where detectron2 is missing
-        raise ImportError("se_transfer.detection.d2 needs detectron2, which is not installed") from e
-    if BACKBONE_NAMES[0] in BACKBONE_REGISTRY:
-        return
-    builders = _make_builders()
-    for name in BACKBONE_NAMES:
-        BACKBONE_REGISTRY.register(builders[name])
-
-
-def _make_builders() -> dict[str, Any]:  # pragma: no cover - needs detectron2
-    import torch.nn.functional as F
-    from detectron2.layers import CNNBlockBase, Conv2d, get_norm
-    from detectron2.modeling.backbone import FPN, ResNet
+    require_detectron2()
+    from detectron2.modeling import BACKBONE_REGISTRY
+    from detectron2.modeling.backbone import FPN
     from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-    from ..models.se import SEModule
-
-    class SEStem(CNNBlockBase):
-        """7x7 (or SENet-154's three 3x3) conv + norm + ReLU, then the Caffe (ceil) or PyTorch (pad 1) max-pool."""
-
-        def __init__(self, spec: dict[str, Any], norm: str) -> None:
-            super().__init__(spec["in_chans"], spec["width"], 4)
-            self.caffe_pool = spec["pool"] == "caffe"
-            if spec["deep"]:
-                mid = spec["width"] // 2
-                chans = [(spec["in_chans"], mid, 2), (mid, mid, 1), (mid, spec["width"], 1)]
-                for j, (cin, cout, s) in enumerate(chans, start=1):
-                    setattr(self, f"conv{j}", Conv2d(cin, cout, 3, s, 1, bias=False, norm=get_norm(norm, cout)))
-                self.num_convs = 3
-            else:
-                w = spec["width"]
-                self.conv1 = Conv2d(spec["in_chans"], w, 7, 2, 3, bias=False, norm=get_norm(norm, w))
-                self.num_convs = 1
-
-        def forward(self, x):
-            for j in range(1, self.num_convs + 1):
-                x = F.relu_(getattr(self, f"conv{j}")(x))
-            if self.caffe_pool:
-                return F.max_pool2d(x, 3, 2, 0, ceil_mode=True)
-            return F.max_pool2d(x, 3, 2, 1)
-
-    class SEBlock(CNNBlockBase):
-        """A residual block (bottleneck or basic) with the SE on the branch before the sum."""
-
-        def __init__(self, s: BlockSpec, norm: str) -> None:
-            super().__init__(s.in_channels, s.out_channels, s.stride)
-            self.spec = s
-            if s.bottleneck:
-                s1, s3 = (s.stride, 1) if s.stride_in_1x1 else (1, s.stride)
-                self.conv1 = Conv2d(s.in_channels, s.first_channels, 1, s1, 0, bias=False,
-                                    norm=get_norm(norm, s.first_channels))  # fmt: skip
-                self.conv2 = Conv2d(s.first_channels, s.mid_channels, 3, s3, 1, groups=s.groups, bias=False,
-                                    norm=get_norm(norm, s.mid_channels))  # fmt: skip
-                self.conv3 = Conv2d(s.mid_channels, s.out_channels, 1, 1, 0, bias=False,
-                                    norm=get_norm(norm, s.out_channels))  # fmt: skip
-            else:
-                self.conv1 = Conv2d(s.in_channels, s.first_channels, 3, s.stride, 1, bias=False,
-                                    norm=get_norm(norm, s.first_channels))  # fmt: skip
-                self.conv2 = Conv2d(s.first_channels, s.out_channels, 3, 1, 1, bias=False,
-                                    norm=get_norm(norm, s.out_channels))  # fmt: skip
-            self.shortcut = None
-            if s.shortcut_kernel:
-                k = s.shortcut_kernel
-                self.shortcut = Conv2d(s.in_channels, s.out_channels, k, s.stride, k // 2, bias=False,
-                                       norm=get_norm(norm, s.out_channels))  # fmt: skip
-            self.se = SEModule(s.out_channels, hidden_channels=s.se_channels) if s.se_channels else None
-
-        def forward(self, x):
-            out = F.relu_(self.conv1(x))
-            if self.spec.bottleneck:
-                out = self.conv3(F.relu_(self.conv2(out)))
-            else:
-                out = self.conv2(out)
-                if self.spec.relu_before_se:
-                    out = F.relu_(out)
-            if self.se is not None:
-                out = self.se(out)
-            shortcut = x if self.shortcut is None else self.shortcut(x)
-            return F.relu_(out + shortcut)
+    if BACKBONE_NAMES[0] in BACKBONE_REGISTRY:
+        return
 
     def build_se_transfer_backbone(cfg, input_shape):
-        """An se_transfer model (MODEL.SE_TRANSFER.ARCH) as a detectron2 ResNet backbone."""
-        kwargs = dict(cfg.MODEL.SE_TRANSFER.KWARGS)
-        kwargs.setdefault("in_chans", input_shape.channels)
-        stem_spec, stages = d2_layout(cfg.MODEL.SE_TRANSFER.ARCH, **kwargs)
-        norm = cfg.MODEL.RESNETS.NORM
-        out_features = cfg.MODEL.RESNETS.OUT_FEATURES
-        last = max(int(f[3:]) for f in out_features if f.startswith("res"))
-        blocks = [[SEBlock(s, norm) for s in stage] for stage in stages[: last - 1]]
-        return ResNet(SEStem(stem_spec, norm), blocks, out_features=out_features).freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
+        """An se_transfer model (from MODEL.WEIGHTS / MODEL.SE_TRANSFER.ARCH) as a detectron2 backbone."""
+        return build_bottom_up(cfg, input_shape)
 
     def build_se_transfer_fpn_backbone(cfg, input_shape):
         """The backbone above with detectron2's FPN (P2-P6, P6 by max-pooling P5)."""
         return FPN(
-            bottom_up=build_se_transfer_backbone(cfg, input_shape),
+            bottom_up=build_bottom_up(cfg, input_shape),
             in_features=cfg.MODEL.FPN.IN_FEATURES,
             out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
             norm=cfg.MODEL.FPN.NORM,
@@ -254,7 +308,71 @@ def _make_builders() -> dict[str, Any]:  # pragma: no cover - needs detectron2
             fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
         )
 
-    return {
-        "build_se_transfer_backbone": build_se_transfer_backbone,
-        "build_se_transfer_fpn_backbone": build_se_transfer_fpn_backbone,
-    }
+    BACKBONE_REGISTRY.register(build_se_transfer_backbone)
+    BACKBONE_REGISTRY.register(build_se_transfer_fpn_backbone)
+
+
+# -------------------------------------------------------------------------------------------------- checkpoints
+
+
+def _find_backbone(model: Any) -> Any:
+    for m in model.modules():
+        if hasattr(m, "checkpoint_metadata") and hasattr(m, "body"):
+            return m
+    return None
+
+
+def checkpointer_class() -> type:
+    """detectron2's DetectionCheckpointer, made safe and aware of the SE backbone (see the class docstring)."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    class SETransferCheckpointer(DetectionCheckpointer):
+        """DetectionCheckpointer that (1) saves the backbone's architecture in every checkpoint (BACKBONE_META_KEY),
+        so ``--eval-only``/``--resume`` rebuild the network the weights belong to; (2) leaves backbone-only
+        MODEL.WEIGHTS to the backbone builder, which already loaded and checked them; (3) reads .pth with
+        ``weights_only=True`` and .pkl with a loader that accepts arrays only (detectron2 unpickles anything)."""
+
+        def save(self, name: str, **kwargs: Any) -> None:
+            """fvcore's save, written atomically (temporary file, fsync, rename) with the backbone's metadata."""
+            if not self.save_dir or not self.save_to_disk:
+                return
+            data = {"model": self.model.state_dict()}
+            for key, obj in self.checkpointables.items():
+                data[key] = obj.state_dict()
+            backbone = _find_backbone(self.model)
+            if backbone is not None:
+                data[BACKBONE_META_KEY] = backbone.checkpoint_metadata()
+            data.update(kwargs)
+            basename = f"{name}.pth"
+            path = atomic_torch_save(data, Path(self.save_dir) / basename)
+            self.logger.info("Saved checkpoint to %s", path)
+            self.tag_last_checkpoint(basename)
+
+        def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+            atomic_write_text(Path(self.save_dir) / "last_checkpoint", last_filename_basename)
+
+        def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            if path and os.path.isfile(path) and not is_detector_state(read_checkpoint(path)[0]):
+                self.logger.info(
+                    "%s holds backbone weights only: the backbone builder loaded them (every tensor checked); "
+                    "the FPN and the heads start from their initialisation",
+                    path,
+                )
+                return {}
+            return super().load(path, *args, **kwargs)
+
+        def _load_file(self, filename: str) -> dict[str, Any]:
+            if filename.endswith(".pkl"):
+                data = read_pickle_payload(filename)
+                if "model" in data and "__author__" in data:
+                    return data
+                data = data.get("blobs", data)
+                data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+                return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+            return super()._load_file(filename)
+
+        def _torch_load(self, f: str) -> dict[str, Any]:
+            return torch.load(f, map_location="cpu", weights_only=True)
+
+    return SETransferCheckpointer

@@ -16,9 +16,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ..models import create_model, read_checkpoint
+from ..models import read_checkpoint
 from ..models.resnet import ResNet
 from ..models.weights import IMAGENET_RGB, check_fit
+from .backbone import build_backbone, resolve_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +77,6 @@ class NormalizingTransform(GeneralizedRCNNTransform):
         return super().normalize(image.flip(0) if self.bgr else image)
 
 
-def _is_detector_checkpoint(state: Mapping[str, torch.Tensor]) -> bool:
-    return any(k.startswith(("roi_heads.", "rpn.")) for k in state)
-
-
 def build_faster_rcnn(
     arch: str,
     num_classes: int,
@@ -97,37 +94,15 @@ def build_faster_rcnn(
     """Faster R-CNN + FPN with backbone ``arch`` for ``num_classes`` object classes (plus background).
 
     ``weights``: an ImageNet checkpoint of the backbone in any layout ``create_model`` reads (its flavour and input
-    normalisation are used), or a whole-detector checkpoint of ours (loaded strictly). None: random initialisation,
-    with a loud warning. Anchors 32..512 on P2..P6 with ratios 0.5/1/2, RoIAlign 7x7 on P2..P5 (the FPN paper's setup).
+    normalisation are used), or a whole-detector checkpoint of ours (its backbone rebuilt from the metadata it
+    carries, then loaded strictly); see ``se_transfer.detection.backbone``. ``arch`` and ``backbone_kwargs`` that
+    contradict the file are an error. None: random initialisation, with a loud warning. Anchors 32..512 on P2..P6 with ratios 0.5/1/2, RoIAlign 7x7 on P2..P5 (the FPN paper's setup).
     ``resize_inputs=False``: the caller resizes (our data pipeline does, multi-scale included); the model only
     normalises and batches, and returns boxes in the coordinates of the images it was given. ``se_impl``: how the
     backbone's SE blocks are computed ('auto': fused Triton kernels on CUDA, see ``se_transfer.models.se``).
     """
-    detector_state = None
-    backbone_weights = None
-    if weights:
-        state, _ = read_checkpoint(weights)
-        if _is_detector_checkpoint(state):
-            detector_state = state
-        else:
-            backbone_weights = weights
-    else:
-        logger.warning(
-            "MODEL.WEIGHTS is empty: the %s backbone starts from RANDOM initialisation. Detection results will be far "
-            "below the paper's; pass ImageNet weights (any public layout, see README) with MODEL.WEIGHTS",
-            arch,
-        )
-    body = create_model(
-        arch,
-        pretrained=backbone_weights,
-        features_only=True,
-        freeze_at=freeze_at,
-        norm=norm,
-        se_impl=se_impl,
-        **dict(backbone_kwargs or {}),
-    )
-    if not isinstance(body, ResNet):
-        raise ValueError(f"{arch} is not an ImageNet-family backbone; detection needs one of its res2..res5 stages")
+    spec = resolve_backbone(weights, arch, backbone_kwargs, kwargs_key="MODEL.KWARGS")
+    body = build_backbone(spec, freeze_at=freeze_at, norm=norm, se_impl=se_impl)
     input_norm = body.input_norm or IMAGENET_RGB
     backbone = BackboneWithFPN(body, fpn_channels)
     anchors = AnchorGenerator(sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
@@ -141,8 +116,8 @@ def build_faster_rcnn(
     )
     model.transform = NormalizingTransform(min_size, max_size, input_norm, resize=resize_inputs)
     model.input_norm = dict(input_norm)
-    if detector_state is not None:
-        _load_detector(model, detector_state, weights)
+    if spec.source == "detector":
+        _load_detector(model, read_checkpoint(spec.path)[0], spec.path)
     return model
 
 

@@ -22,6 +22,8 @@ from ..data.transforms import DetectionTransform
 from ..engine import default_setup, format_table, get_rank, get_world_size, is_main_process
 from ..engine.distributed import synchronize
 from ..engine.runner import record_evaluation, run_training
+from ..models.weights import checkpoint_metadata
+from .backbone import BACKBONE_META_KEY
 from .evaluation import COCOEvaluator, format_results_table
 from .model import build_faster_rcnn
 
@@ -182,6 +184,8 @@ def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str
         steps=cfg.SOLVER.STEPS,
         iters_per_epoch=ipe,
         resume=resume,
+        # model_final.pth rebuilds the backbone the weights were trained as (eval-only, fine-tuning)
+        checkpoint_meta={BACKBONE_META_KEY: checkpoint_metadata(model.backbone.body)},
     )
     if is_main_process():
         print(format_results_table({k: v for k, v in results.items() if isinstance(v, float)}, paper), flush=True)

@@ -31,8 +31,11 @@ def run_training(
     steps: Sequence[int],
     iters_per_epoch: int = 0,
     resume: bool = False,
+    checkpoint_meta: dict[str, Any] | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
     """Train ``model`` (wrapped by DDP / compile as ``wrap_for_training`` says) as cfg.SOLVER says; evaluate at the end.
+
+    ``checkpoint_meta``: what every checkpoint stores beside the tensors (default: a registry model's architecture).
 
     Returns the trainer and the final results: the last evaluation plus train_time_s, iterations and plots.
     """
@@ -63,7 +66,9 @@ def run_training(
         ims_per_batch=s.IMS_PER_BATCH,
     )
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, model, optimizer=optimizer, scheduler=scheduler, scaler=trainer.scaler)
-    if hasattr(model, "arch_kwargs"):  # registry models: create_model(pretrained=model_final.pth) rebuilds the flavour
+    if checkpoint_meta is not None:
+        checkpointer.extra_meta = dict(checkpoint_meta)
+    elif hasattr(model, "arch_kwargs"):  # registry models: create_model(pretrained=model_final.pth) rebuilds the flavour
         checkpointer.extra_meta = checkpoint_metadata(model)
     start_iter = checkpointer.resume() if resume else 0
     writer = None

@@ -7,7 +7,15 @@ Layouts recognised (by their keys, nothing to declare):
 - ``torchvision``: torchvision's ``resnet*``/``resnext*`` and timm's ``resnet*``/``resnext*``/``seresnet*``/
   ``seresnext*`` (``conv1``, ``layer1.0.se.fc1``, ``fc``). Flavour: stride in the 3x3, stem pool with padding 1.
 - ``se_transfer``: our own files (``save_weights``), which carry the architecture and input normalisation.
-Files are ``.pth``/``.pt``/``.bin`` (read with ``torch.load(weights_only=True)``) or ``.safetensors``.
+- ``detectron2``: detectron2's ResNet names (``stem.conv1.norm``, ``res2.0.conv1``, ``res2.0.shortcut``, ``linear``) in a
+  detectron2 .pkl: ours (``save_detectron2``, with our metadata) or torchvision's converted by detectron2's
+  ``convert-torchvision-to-d2.py`` (``__author__: torchvision``).
+- ``caffe2``: the Caffe2/Detectron model-zoo names of detectron2's ImageNet .pkl files (``conv1_w``,
+  ``res_conv1_bn_s``, ``res2_0_branch2a_w``, ``res2_0_branch1_w``, ``fc1000_w``); their norms are affine only (scale,
+  bias), read as frozen statistics mean 0, variance 1, as detectron2 does. MSRA flavour: stride in the 1x1 (ResNet),
+  detectron2's stem pool (padding 1), BGR 0..255 minus detectron2's MSRA mean, std 1.
+Files are ``.pth``/``.pt``/``.bin`` (read with ``torch.load(weights_only=True)``), ``.safetensors``, or ``.pkl``
+(unpickled with a loader that accepts only numpy arrays and plain containers, never arbitrary objects).
 """
 
 from __future__ import annotations
@@ -48,7 +56,14 @@ CAFFE_BGR = {
     "channel_order": "BGR",
     "pixel_range": 255.0,
 }
-LAYOUT_INPUT_NORM = {"cadene": IMAGENET_RGB, "torchvision": IMAGENET_RGB}
+# detectron2's MSRA ImageNet models (its default MODEL.PIXEL_MEAN / PIXEL_STD, INPUT.FORMAT BGR).
+DETECTRON2_MSRA_BGR = {
+    "mean": [103.53, 116.28, 123.675],
+    "std": [1.0, 1.0, 1.0],
+    "channel_order": "BGR",
+    "pixel_range": 255.0,
+}
+LAYOUT_INPUT_NORM = {"cadene": IMAGENET_RGB, "torchvision": IMAGENET_RGB, "caffe2": DETECTRON2_MSRA_BGR}
 
 # Arguments that fix the network's shape: a checkpoint and the requested model must agree on them.
 STRUCTURE_KEYS = (
@@ -81,6 +96,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
     meta = None
+    if path.suffix == ".pkl":
+        return _read_pickle(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
@@ -108,6 +125,74 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
             meta = {k: v for k, v in obj.items() if k != "model"}
     state = _unwrap_state_dict(obj, path)
+    return state, meta
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, numpy scalars and plain containers; refuses every other global (no code runs)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only numpy arrays and containers)")
+
+
+# Where a detectron2 .pkl keeps its tensors, and the metadata our own .pkl files add.
+PKL_AUTHOR_KEY = "__author__"
+
+
+def read_pickle_payload(path: str | os.PathLike) -> dict[str, Any]:
+    """The dict in a .pkl weights file (detectron2 / Caffe2 model zoo), unpickled without running any code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise _fail(path, f"not a weights .pkl that is safe to read ({e})") from e
+    except Exception as e:  # truncated or foreign bytes raise EOFError, ValueError, ...
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise _fail(path, f"not a readable .pkl ({detail})") from e
+    if not isinstance(obj, Mapping):
+        raise _fail(path, f"expected a dict of arrays, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """A detectron2-style .pkl: {'model': arrays, '__author__', ...}, or Caffe2's {'blobs': arrays} / bare arrays."""
+    import numpy as np
+
+    obj = read_pickle_payload(path)
+    meta: dict[str, Any] = {PKL_AUTHOR_KEY: str(obj.get(PKL_AUTHOR_KEY, "Caffe2"))}
+    if isinstance(obj.get("model"), Mapping):
+        arrays = obj["model"]
+        if isinstance(obj.get(FORMAT_NAME), Mapping):
+            meta.update(obj[FORMAT_NAME])
+    else:
+        arrays = obj["blobs"] if isinstance(obj.get("blobs"), Mapping) else obj
+    state = {}
+    for key, value in arrays.items():
+        if str(key).endswith("_momentum"):  # Caffe2 solver state, not weights
+            continue
+        if isinstance(value, np.ndarray):
+            state[str(key)] = torch.from_numpy(np.ascontiguousarray(value))
+        elif isinstance(value, torch.Tensor):
+            state[str(key)] = value
+    if not state:
+        raise _fail(path, f"holds no arrays; top-level keys: {list(obj)[:10]}")
     return state, meta
 
 
@@ -147,11 +232,18 @@ def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
         raise WeightsError(
             "this looks like a timm ResNet-C/D variant (deep stem 'conv1.0'), which is not an SENet-family layout"
         )
-    if "res2.0.conv1.weight" in state or "stem.conv1.norm.weight" in state:
-        raise WeightsError("this looks like a detectron2 checkpoint; reading detectron2 weights back is not supported")
+    if "res2.0.conv1.weight" in state:
+        return "detectron2"
+    if "res2_0_branch2a_w" in state or "conv1_w" in state:
+        return "caffe2"
+    if any(k.startswith(("roi_heads.", "proposal_generator.", "rpn.")) for k in state):
+        raise WeightsError(
+            "this is a whole-detector checkpoint, not backbone weights: give it to a detector as its MODEL.WEIGHTS"
+        )
     raise WeightsError(
         "unrecognised weight layout: expected Cadene/timm-legacy ('layer0.conv1.weight'), torchvision/timm "
-        f"('conv1.weight') or se_transfer ('stem.conv1.weight') keys; first keys: {list(state)[:8]}"
+        "('conv1.weight'), se_transfer ('stem.conv1.weight'), detectron2 ('res2.0.conv1.weight') or Caffe2 "
+        f"('res2_0_branch2a_w') keys; first keys: {list(state)[:8]}"
     )
 
 
@@ -165,14 +257,64 @@ _TORCHVISION_RULES = [
 ]
 
 
+# detectron2's ResNet names -> ours (the inverse of ``detectron2_name``).
+_DETECTRON2_RULES = [
+    (re.compile(r"^res(\d)\."), lambda m: f"layer{int(m.group(1)) - 1}."),
+    (re.compile(r"\.shortcut\.norm\."), ".downsample.1."),
+    (re.compile(r"\.shortcut\."), ".downsample.0."),
+    (re.compile(r"(^|\.)conv(\d)\.norm\."), r"\1bn\2."),
+    (re.compile(r"^linear\."), "fc."),
+]
+# Caffe2 / Detectron model-zoo names -> detectron2's (then _DETECTRON2_RULES).
+_CAFFE2_RULES = [
+    (re.compile(r"^conv1_w$"), "stem.conv1.weight"),
+    (re.compile(r"^res_conv1_bn_([sb])$"), r"stem.conv1.norm.\1"),
+    (re.compile(r"^fc1000_([wb])$"), r"linear.\1"),
+    (re.compile(r"^res(\d)_(\d+)_branch1_w$"), r"res\1.\2.shortcut.weight"),
+    (re.compile(r"^res(\d)_(\d+)_branch1_bn_([sb])$"), r"res\1.\2.shortcut.norm.\3"),
+    (re.compile(r"^res(\d)_(\d+)_branch2([abc])_w$"), lambda m: f"res{m[1]}.{m[2]}.conv{'abc'.index(m[3]) + 1}.weight"),
+    (
+        re.compile(r"^res(\d)_(\d+)_branch2([abc])_bn_([sb])$"),
+        lambda m: f"res{m[1]}.{m[2]}.conv{'abc'.index(m[3]) + 1}.norm.{m[4]}",
+    ),
+    (re.compile(r"\.([sw])$"), lambda m: ".weight"),
+    (re.compile(r"\.b$"), ".bias"),
+]
+
+
 def map_keys(state: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
-    """Rename the keys of a state dict of ``layout`` to ours."""
-    rules = {"cadene": _CADENE_RULES, "torchvision": _TORCHVISION_RULES, FORMAT_NAME: []}[layout]
+    """Rename the keys of a state dict of ``layout`` to ours (Caffe2's affine norms get statistics 0 / 1)."""
+    if layout == "caffe2":
+        state = _caffe2_to_detectron2(state)
+        layout = "detectron2"
+    rules = {
+        "cadene": _CADENE_RULES,
+        "torchvision": _TORCHVISION_RULES,
+        "detectron2": _DETECTRON2_RULES,
+        FORMAT_NAME: [],
+    }[layout]
     out = OrderedDict()
     for key, value in state.items():
         for pattern, repl in rules:
             key = pattern.sub(repl, key)
         out[key] = value
+    return out
+
+
+def _caffe2_to_detectron2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = OrderedDict()
+    for key, value in state.items():
+        name = key
+        for pattern, repl in _CAFFE2_RULES:
+            name = pattern.sub(repl, name)
+        if name == key:
+            raise WeightsError(f"Caffe2 tensor {key!r} has no counterpart in a ResNet")
+        out[name] = value
+    for key in [k for k in out if k.endswith(".norm.weight")]:
+        # AffineChannel: y = x * s + b, i.e. a frozen norm with mean 0 and variance 1 (detectron2 does the same).
+        stem = key[: -len("weight")]
+        out.setdefault(stem + "running_mean", torch.zeros_like(out[key]))
+        out.setdefault(stem + "running_var", torch.ones_like(out[key]))
     return out
 
 
@@ -187,6 +329,11 @@ def _layout_flavour(layout: str, arch: Mapping[str, Any]) -> dict[str, Any]:
             "basic_relu_before_se": arch["block"] == "basic",
         }
     if layout == "torchvision":
+        return {"stride_in_1x1": False, "stem_pool": "pytorch"}
+    if layout == "caffe2":
+        # MSRA ResNets stride their 1x1; FAIR's ResNeXts their 3x3. detectron2's stem pool pads by 1.
+        return {"stride_in_1x1": arch["block"] == "bottleneck" and arch["groups"] == 1, "stem_pool": "pytorch"}
+    if layout == "detectron2":  # converted from torchvision by detectron2's convert-torchvision-to-d2.py
         return {"stride_in_1x1": False, "stem_pool": "pytorch"}
     return {}  # a bare state dict of ours: the requested model's own defaults
 
@@ -250,6 +397,11 @@ def _describe(arch: Mapping[str, Any]) -> str:
     )
 
 
+def describe_architecture(arch: Mapping[str, Any]) -> str:
+    """One line describing a network's structure: blocks and depths, groups and widths, stem, SE stages."""
+    return _describe(arch)
+
+
 def _same_structure(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return _structure(a) == _structure(b)
 
@@ -288,8 +440,11 @@ class CheckpointInfo:
 def inspect_weights(path: str | os.PathLike) -> CheckpointInfo:
     """Read a weight file, recognise its layout, map its keys to ours and read its structure and flavour."""
     state, meta = read_checkpoint(path)
-    if meta is not None:
+    author = meta.pop(PKL_AUTHOR_KEY, None) if meta is not None else None
+    if meta:  # our own file (.pth, .safetensors, or a .pkl in detectron2's names) says what it holds
         layout = FORMAT_NAME
+        if author is not None:
+            state = map_keys(state, "detectron2")
         saved = dict(meta.get("arch_kwargs") or {})
         arch = {k: saved[k] for k in STRUCTURE_KEYS if k in saved}
         flavour = {k: v for k, v in saved.items() if k not in STRUCTURE_KEYS}
@@ -299,6 +454,13 @@ def inspect_weights(path: str | os.PathLike) -> CheckpointInfo:
             layout = detect_layout(state)
         except WeightsError as e:
             raise _fail(path, str(e)) from None
+        if layout == "detectron2" and author != "torchvision":
+            raise _fail(
+                path,
+                f"a detectron2 .pkl by {author!r} without se_transfer metadata: its stride position, stem and input "
+                "normalisation cannot be told from it. Use the file it was converted from (any public layout), or "
+                "convert that with tools/convert_weights.py",
+            )
         state = map_keys(state, layout)
         arch = infer_architecture(state, path)
         flavour = _layout_flavour(layout, arch)
@@ -321,33 +483,61 @@ def inspect_weights(path: str | os.PathLike) -> CheckpointInfo:
     return CheckpointInfo(str(path), state, layout, arch, flavour, input_norm, num_classes)
 
 
-def build_pretrained(
-    name: str, path: str | os.PathLike, *, num_classes: int = 1000, overrides: Mapping[str, Any] | None = None
-) -> ResNet:
-    """Build model ``name`` in the flavour of the checkpoint at ``path`` and load its weights (see module doc)."""
-    overrides = dict(overrides or {})
-    info = inspect_weights(path)
-    arch, flavour = info.arch, info.flavour
-    requested = {**model_defaults(name), **{k: v for k, v in overrides.items() if k in STRUCTURE_KEYS}}
-    if not _same_structure(arch, requested):
-        guess = guess_model_name(arch)
-        hint = f" (that is {guess!r}" if guess else " (no registered model has that structure"
-        hint += f"; {baseline_of(name)!r} is {name!r} without SE)" if baseline_of(name) else ")"
-        raise _fail(
-            path,
-            f"holds a network with {_describe(arch)}{hint}, which does not match the requested {name!r} "
-            f"({_describe(requested)})",
-        )
+def structure_mismatch(arch: Mapping[str, Any], name: str, overrides: Mapping[str, Any] | None = None) -> str | None:
+    """Why a network of structure ``arch`` is not model ``name`` (with ``overrides``), or None when it is."""
+    requested = {**model_defaults(name), **{k: v for k, v in (overrides or {}).items() if k in STRUCTURE_KEYS}}
+    if _same_structure(arch, requested):
+        return None
+    guess = guess_model_name(arch)
+    hint = f" (that is {guess!r}" if guess else " (no registered model has that structure"
+    hint += f"; {baseline_of(name)!r} is {name!r} without SE)" if baseline_of(name) else ")"
+    return (
+        f"holds a network with {_describe(arch)}{hint}, which does not match the requested {name!r} "
+        f"({_describe(requested)})"
+    )
 
-    for key, value in overrides.items():
-        if key in flavour and flavour[key] != value:
-            logger.warning(
-                "%s: overriding the checkpoint's %s=%r with %r; outputs will differ from the source model",
-                path,
-                key,
-                flavour[key],
-                value,
-            )
+
+def flavour_conflicts(flavour: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{option: (the checkpoint's value, the requested value)} for requested options the checkpoint contradicts."""
+
+    def norm(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    return {k: (flavour[k], v) for k, v in overrides.items() if k in flavour and norm(flavour[k]) != norm(v)}
+
+
+def build_pretrained(
+    name: str,
+    path: str | os.PathLike | CheckpointInfo,
+    *,
+    num_classes: int = 1000,
+    overrides: Mapping[str, Any] | None = None,
+    on_conflict: str = "warn",
+) -> ResNet:
+    """Build model ``name`` in the flavour of the checkpoint at ``path`` and load its weights (see module doc).
+
+    ``on_conflict``: what an override that contradicts the checkpoint's flavour (``stride_in_1x1``, ``stem_pool``,
+    ...) does: 'warn' (it is applied; an ablation) or 'error' (a WeightsError naming both values).
+    """
+    overrides = dict(overrides or {})
+    info = path if isinstance(path, CheckpointInfo) else inspect_weights(path)
+    path = info.path
+    arch, flavour = info.arch, info.flavour
+    mismatch = structure_mismatch(arch, name, overrides)
+    if mismatch:
+        raise _fail(path, mismatch)
+    conflicts = flavour_conflicts(flavour, overrides)
+    if conflicts and on_conflict == "error":
+        shown = ", ".join(f"{k}: the file's {a!r}, requested {b!r}" for k, (a, b) in conflicts.items())
+        raise _fail(path, f"the requested options contradict the network these weights were trained as ({shown})")
+    for key, (theirs, ours) in conflicts.items():
+        logger.warning(
+            "%s: overriding the checkpoint's %s=%r with %r; outputs will differ from the source model",
+            path,
+            key,
+            theirs,
+            ours,
+        )
     kwargs = {**model_defaults(name), **{k: v for k, v in flavour.items() if k not in RUNTIME_ARGS}}
     kwargs.update(overrides)
     kwargs["num_classes"] = num_classes

@@ -1,0 +1,147 @@
+"""``tools/train_net_d2.py``: detectron2's own train_net contract, with the SE backbones registered.
+
+Arguments are detectron2's (``default_argument_parser``): ``--config-file``, ``--resume``, ``--eval-only``,
+``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url`` and trailing ``KEY VALUE`` overrides. Training is
+detectron2's ``DefaultTrainer`` (its hooks, writers and LR schedule: metrics.json, TensorBoard events, log.txt,
+checkpoints and ``last_checkpoint`` in OUTPUT_DIR) and evaluation its ``COCOEvaluator`` (the AP table, and
+``inference/coco_instances_results.json``). Data sets are detectron2's builtin names (``coco_2017_train``,
+``coco_2014_minival``, ...) under ``$DETECTRON2_DATASETS`` (default ``./datasets``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from .backbone import BackboneConfigError
+from .d2 import INSTALL_HINT, add_se_transfer_config, checkpointer_class, merge_config_file, register, resolve_config
+
+logger = logging.getLogger("se_transfer.detection.d2")
+
+
+class UsageError(Exception):
+    """An expected failure: bad config, missing file, contradicting weights. Printed as one line, exit status 2."""
+
+
+def setup_cfg(args: Any) -> Any:
+    """The merged, resolved and frozen config of ``args`` (config file, then KEY VALUE overrides)."""
+    from detectron2.config import get_cfg
+
+    register()
+    cfg = get_cfg()
+    add_se_transfer_config(cfg)
+    if args.config_file:
+        merge_config_file(cfg, args.config_file)
+    try:
+        cfg.merge_from_list(list(args.opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise UsageError(f"command-line overrides: {e}") from None
+    import torch
+
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but this machine has no CUDA device: add MODEL.DEVICE cpu")
+    spec = resolve_config(cfg)
+    if args.eval_only and spec is not None and spec.source != "detector":
+        raise UsageError(
+            f"--eval-only: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS or '(empty)'} holds no trained detector (backbone weights "
+            "only, so the FPN and heads would be random); give a detector checkpoint such as OUTPUT_DIR/model_final.pth"
+        )
+    cfg.freeze()
+    return cfg
+
+
+def trainer_class() -> type:
+    """detectron2's DefaultTrainer with COCOEvaluator and the SE-aware checkpointer."""
+    from detectron2.engine import DefaultTrainer
+    from detectron2.evaluation import COCOEvaluator
+
+    checkpointer = checkpointer_class()
+
+    class Trainer(DefaultTrainer):
+        """DefaultTrainer; evaluation is COCOEvaluator into OUTPUT_DIR/inference, checkpoints carry the backbone."""
+
+        @classmethod
+        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+            return COCOEvaluator(dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
+
+        def build_hooks(self):
+            # The checkpointer must be ours before the hooks capture it (PeriodicCheckpointer, resume_or_load).
+            self.checkpointer = checkpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+            return super().build_hooks()
+
+    return Trainer
+
+
+def main(args: Any) -> Any:
+    """One process's work: train (then evaluate) or, with --eval-only, evaluate a detector checkpoint."""
+    from detectron2.engine import default_setup
+    from detectron2.evaluation import verify_results
+    from detectron2.utils import comm
+
+    cfg = setup_cfg(args)
+    default_setup(cfg, args)
+    trainer = trainer_class()
+    if args.eval_only:
+        model = trainer.build_model(cfg)
+        checkpointer_class()(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    t = trainer(cfg)
+    t.resume_or_load(resume=args.resume)
+    return t.train()
+
+
+def argument_parser() -> Any:
+    """detectron2's default_argument_parser, described for this tool."""
+    from detectron2.engine import default_argument_parser
+
+    return default_argument_parser(
+        epilog="Examples:\n"
+        "  python tools/train_net_d2.py --config-file configs/detectron2/faster_rcnn_se_resnet50_fpn_2x.yaml "
+        "--num-gpus 8 MODEL.WEIGHTS se_resnet50.pth\n"
+        "  python tools/train_net_d2.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth\n"
+        "  python tools/train_net_d2.py --config-file CFG --resume      # continue from OUTPUT_DIR/last_checkpoint"
+    )
+
+
+def train_net_d2_main(argv: Sequence[str] | None = None) -> int:
+    """Parse detectron2's arguments, check the config once, then launch one process per GPU (gloo on a CPU)."""
+    try:
+        import detectron2  # noqa: F401
+    except ImportError:
+        print(f"train_net_d2: error: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    from detectron2.engine import launch
+
+    args = argument_parser().parse_args(argv)
+    try:
+        setup_cfg(args)  # fail here, with one line, before any worker starts
+        launch(
+            _worker,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except _EXPECTED as e:
+        print(f"train_net_d2: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _worker(args: Any) -> None:
+    try:
+        main(args)
+    except _EXPECTED as e:
+        logger.error("%s", e, exc_info=True)  # the traceback goes to OUTPUT_DIR/log.txt
+        raise UsageError(str(e)) from None
+
+
+_EXPECTED = (UsageError, BackboneConfigError, FileNotFoundError, ValueError)

@@ -107,7 +107,10 @@ def resolve_backbone(
         return BackboneSpec(arch, kwargs, dict(IMAGENET_RGB), "none")
     if not os.path.isfile(path):
         raise _fail(f"{weights_key}: file not found: {path}")
-    state, _ = read_checkpoint(path)
+    try:
+        state, _ = read_checkpoint(path)
+    except WeightsError as e:
+        raise _fail(f"{weights_key}: {e}") from None
     if is_detector_state(state):
         return _from_detector(path, state, arch, kwargs, arch_key, kwargs_key)
     try:
@@ -144,7 +147,9 @@ def _from_detector(
             structure = {k: saved_kwargs[k] for k in STRUCTURE_KEYS if k in saved_kwargs}
             mismatch = structure_mismatch(structure, arch, kwargs)
             if mismatch:
-                raise _fail(f"{arch_key}={arch!r} contradicts the detector checkpoint {path}, whose backbone is {name!r}")
+                raise _fail(
+                    f"{arch_key}={arch!r} contradicts the detector checkpoint {path}, whose backbone is {name!r}"
+                )
         conflicts = flavour_conflicts(saved_kwargs, kwargs)
         if conflicts:
             shown = ", ".join(f"{k}={b!r} (the checkpoint: {a!r})" for k, (a, b) in conflicts.items())

@@ -137,7 +137,38 @@ def merge_config_file(cfg: Any, path: str | os.PathLike) -> None:
     try:
         cfg.merge_from_other_cfg(type(cfg)(data))
     except (KeyError, ValueError, AssertionError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ValueError(f"{path}: {explain_merge_error(cfg, e)}") from None
+
+
+def merge_overrides(cfg: Any, opts: list[str]) -> None:
+    """Merge trailing KEY VALUE pairs; a misspelt key is an error that suggests the close matches."""
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ValueError(f"command-line overrides: {explain_merge_error(cfg, e)}") from None
+
+
+def explain_merge_error(cfg: Any, error: Exception) -> str:
+    """yacs' merge error as one line, with the valid keys closest to a non-existent one."""
+    import difflib
+    import re
+
+    text = str(error.args[0]) if error.args else str(error)
+    m = re.search(r"Non-existent (?:config )?key: (\S+)", text)
+    if not m:
+        return text
+    key = m.group(1)
+    close = difflib.get_close_matches(key, _all_keys(cfg), n=2, cutoff=0.8)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"unknown config key {key}{hint}"
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        name = f"{prefix}{k}"
+        keys.extend(_all_keys(v, name + ".") if isinstance(v, dict) and v else [name])
+    return keys
 
 
 def input_config(input_norm: Mapping[str, Any]) -> tuple[str, list[float], list[float]]:
@@ -265,7 +296,9 @@ def build_bottom_up(cfg: Any, input_shape: Any) -> Any:
         raise BackboneConfigError("; ".join(problems))
     in_chans = int(spec.kwargs.get("in_chans", 3))
     if input_shape.channels != in_chans:
-        raise BackboneConfigError(f"the backbone takes {in_chans}-channel input, the model gives {input_shape.channels}")
+        raise BackboneConfigError(
+            f"the backbone takes {in_chans}-channel input, the model gives {input_shape.channels}"
+        )
     norm = cfg.MODEL.RESNETS.NORM
     if norm not in _NORMS:
         raise BackboneConfigError(f"MODEL.RESNETS.NORM={norm!r}: the SE backbones support {sorted(_NORMS)}")

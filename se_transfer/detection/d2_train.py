@@ -18,7 +18,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from .backbone import BackboneConfigError
-from .d2 import INSTALL_HINT, add_se_transfer_config, checkpointer_class, merge_config_file, register, resolve_config
+from .d2 import (
+    INSTALL_HINT,
+    add_se_transfer_config,
+    checkpointer_class,
+    merge_config_file,
+    merge_overrides,
+    register,
+    resolve_config,
+)
 
 logger = logging.getLogger("se_transfer.detection.d2")
 
@@ -36,14 +44,13 @@ def setup_cfg(args: Any) -> Any:
     add_se_transfer_config(cfg)
     if args.config_file:
         merge_config_file(cfg, args.config_file)
-    try:
-        cfg.merge_from_list(list(args.opts))
-    except (KeyError, ValueError, AssertionError) as e:
-        raise UsageError(f"command-line overrides: {e}") from None
+    merge_overrides(cfg, args.opts)
     import torch
 
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but this machine has no CUDA device: add MODEL.DEVICE cpu")
+        raise UsageError(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but this machine has no CUDA device: add MODEL.DEVICE cpu"
+        )
     spec = resolve_config(cfg)
     if args.eval_only and spec is not None and spec.source != "detector":
         raise UsageError(
@@ -54,11 +61,32 @@ def setup_cfg(args: Any) -> Any:
     return cfg
 
 
+def _allow_cpu_ddp() -> None:
+    """Let DefaultTrainer wrap a CPU model in DDP (gloo).
+
+    detectron2's create_ddp_model gives DDP ``device_ids=[local_rank]`` even for a CPU model, which DDP refuses; a
+    CPU model needs ``device_ids=None``. DefaultTrainer calls it by its module-level name, which gets this wrapper."""
+    from detectron2.engine import defaults
+
+    original = defaults.create_ddp_model
+    if getattr(original, "se_transfer_cpu_aware", False):
+        return
+
+    def create_ddp_model(model, **kwargs):
+        if all(p.device.type == "cpu" for p in model.parameters()):
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    create_ddp_model.se_transfer_cpu_aware = True
+    defaults.create_ddp_model = create_ddp_model
+
+
 def trainer_class() -> type:
-    """detectron2's DefaultTrainer with COCOEvaluator and the SE-aware checkpointer."""
+    """detectron2's DefaultTrainer with COCOEvaluator and the SE-aware checkpointer (DDP on CPUs works too)."""
     from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import COCOEvaluator
 
+    _allow_cpu_ddp()
     checkpointer = checkpointer_class()
 
     class Trainer(DefaultTrainer):
@@ -81,9 +109,20 @@ def main(args: Any) -> Any:
     from detectron2.engine import default_setup
     from detectron2.evaluation import verify_results
     from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
 
     cfg = setup_cfg(args)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="se_transfer", abbrev_name="se")
+    logger.info(
+        "backbone %s from %s: INPUT.FORMAT %s, MODEL.PIXEL_MEAN %s, MODEL.PIXEL_STD %s (taken from the weights file "
+        "where the config left them unset)",
+        cfg.MODEL.SE_TRANSFER.ARCH,
+        cfg.MODEL.WEIGHTS or "random initialisation",
+        cfg.INPUT.FORMAT,
+        list(cfg.MODEL.PIXEL_MEAN),
+        list(cfg.MODEL.PIXEL_STD),
+    )
     trainer = trainer_class()
     if args.eval_only:
         model = trainer.build_model(cfg)

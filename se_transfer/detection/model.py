@@ -96,7 +96,8 @@ def build_faster_rcnn(
     ``weights``: an ImageNet checkpoint of the backbone in any layout ``create_model`` reads (its flavour and input
     normalisation are used), or a whole-detector checkpoint of ours (its backbone rebuilt from the metadata it
     carries, then loaded strictly); see ``se_transfer.detection.backbone``. ``arch`` and ``backbone_kwargs`` that
-    contradict the file are an error. None: random initialisation, with a loud warning. Anchors 32..512 on P2..P6 with ratios 0.5/1/2, RoIAlign 7x7 on P2..P5 (the FPN paper's setup).
+    contradict the file are an error. None: random initialisation, with a loud warning. Anchors 32..512 on P2..P6
+    with ratios 0.5/1/2, RoIAlign 7x7 on P2..P5 (the FPN paper's setup).
     ``resize_inputs=False``: the caller resizes (our data pipeline does, multi-scale included); the model only
     normalises and batches, and returns boxes in the coordinates of the images it was given. ``se_impl``: how the
     backbone's SE blocks are computed ('auto': fused Triton kernels on CUDA, see ``se_transfer.models.se``).

@@ -68,7 +68,7 @@ def run_training(
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, model, optimizer=optimizer, scheduler=scheduler, scaler=trainer.scaler)
     if checkpoint_meta is not None:
         checkpointer.extra_meta = dict(checkpoint_meta)
-    elif hasattr(model, "arch_kwargs"):  # registry models: create_model(pretrained=model_final.pth) rebuilds the flavour
+    elif hasattr(model, "arch_kwargs"):  # registry models: create_model(pretrained=model_final.pth) rebuilds it
         checkpointer.extra_meta = checkpoint_metadata(model)
     start_iter = checkpointer.resume() if resume else 0
     writer = None

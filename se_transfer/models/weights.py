@@ -7,8 +7,8 @@ Layouts recognised (by their keys, nothing to declare):
 - ``torchvision``: torchvision's ``resnet*``/``resnext*`` and timm's ``resnet*``/``resnext*``/``seresnet*``/
   ``seresnext*`` (``conv1``, ``layer1.0.se.fc1``, ``fc``). Flavour: stride in the 3x3, stem pool with padding 1.
 - ``se_transfer``: our own files (``save_weights``), which carry the architecture and input normalisation.
-- ``detectron2``: detectron2's ResNet names (``stem.conv1.norm``, ``res2.0.conv1``, ``res2.0.shortcut``, ``linear``) in a
-  detectron2 .pkl: ours (``save_detectron2``, with our metadata) or torchvision's converted by detectron2's
+- ``detectron2``: detectron2's ResNet names (``stem.conv1.norm``, ``res2.0.conv1``, ``res2.0.shortcut``, ``linear``)
+  in a detectron2 .pkl: ours (``save_detectron2``, with our metadata) or torchvision's converted by detectron2's
   ``convert-torchvision-to-d2.py`` (``__author__: torchvision``).
 - ``caffe2``: the Caffe2/Detectron model-zoo names of detectron2's ImageNet .pkl files (``conv1_w``,
   ``res_conv1_bn_s``, ``res2_0_branch2a_w``, ``res2_0_branch1_w``, ``fc1000_w``); their norms are affine only (scale,

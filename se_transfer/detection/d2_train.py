@@ -81,6 +81,31 @@ def _allow_cpu_ddp() -> None:
     defaults.create_ddp_model = create_ddp_model
 
 
+def check_datasets(cfg: Any, eval_only: bool = False) -> None:
+    """Every data set the run reads is registered and its files exist (before any worker starts or any json loads)."""
+    import difflib
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+    keys = (("DATASETS.TEST", cfg.DATASETS.TEST),) if eval_only else (("DATASETS.TRAIN", cfg.DATASETS.TRAIN),
+                                                                       ("DATASETS.TEST", cfg.DATASETS.TEST))  # fmt: skip
+    for key, names in keys:
+        for name in names:
+            if name not in DatasetCatalog.list():
+                close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise UsageError(f"{key}: no data set named {name!r} is registered with detectron2{hint}")
+            meta = MetadataCatalog.get(name)
+            for what in ("json_file", "image_root"):
+                path = meta.get(what, None)
+                if path and not os.path.exists(path):
+                    raise UsageError(
+                        f"{key}: {name}: {what} {path} does not exist (detectron2 reads its builtin data sets under "
+                        f"$DETECTRON2_DATASETS, now {root!r}; see datasets/README.md)"
+                    )
+
+
 def trainer_class() -> type:
     """detectron2's DefaultTrainer with COCOEvaluator and the SE-aware checkpointer (DDP on CPUs works too)."""
     from detectron2.engine import DefaultTrainer
@@ -160,7 +185,7 @@ def train_net_d2_main(argv: Sequence[str] | None = None) -> int:
 
     args = argument_parser().parse_args(argv)
     try:
-        setup_cfg(args)  # fail here, with one line, before any worker starts
+        check_datasets(setup_cfg(args), args.eval_only)  # fail here, with one line, before any worker starts
         launch(
             _worker,
             args.num_gpus,

@@ -7,6 +7,7 @@ input. Every weight file has non-trivial BN statistics.
 """
 
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ D2_MISSING = (
     " (see README, 'detectron2')"
 )
 STAGES = ("res2", "res3", "res4", "res5")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _source(lib, name):
@@ -109,7 +111,7 @@ def _cfg(weights, **keys):
 
     cfg = get_cfg()
     add_se_transfer_config(cfg)
-    merge_config_file(cfg, "configs/detectron2/Base-SE-RCNN-FPN.yaml")
+    merge_config_file(cfg, REPO / "configs/detectron2/Base-SE-RCNN-FPN.yaml")
     cfg.MODEL.WEIGHTS = str(weights)
     cfg.MODEL.DEVICE = "cpu"
     for k, v in keys.items():
@@ -328,17 +330,22 @@ def test_both_detectors_compute_the_same_backbone_and_input(d2, bgr, tmp_path):
     assert (ours - theirs).abs().max().item() < 1e-4
 
 
-def test_train_net_d2_usage_errors_are_one_line(d2, tmp_path, capsys):
+def test_train_net_d2_usage_errors_are_one_line(d2, tmp_path, capsys, monkeypatch):
     from se_transfer.detection.d2_train import train_net_d2_main
+
+    monkeypatch.chdir(tmp_path)  # detectron2's builtin data sets resolve under ./datasets: absent here
+    monkeypatch.syspath_prepend(str(REPO))
 
     path = tmp_path / "legacy.pth"
     torch.save(_source("timm", "legacy_seresnet18").state_dict(), path)
-    config = "configs/detectron2/faster_rcnn_se_resnet50_fpn_2x.yaml"
+    config = str(REPO / "configs/detectron2/faster_rcnn_se_resnet50_fpn_2x.yaml")
     cases = [
         (["--eval-only"], ["MODEL.WEIGHTS", str(path), "MODEL.SE_TRANSFER.ARCH", ""], "holds no trained detector"),
         ([], ["MODEL.WEIGHTS", str(path)], "MODEL.SE_TRANSFER.ARCH='se_resnet50' contradicts MODEL.WEIGHTS"),
         ([], ["MODEL.WEIGHTS", str(tmp_path / "nope.pth")], "MODEL.WEIGHTS: file not found"),
         ([], ["MODEL.SE_TRANSFER.ARHC", "x"], "unknown config key MODEL.SE_TRANSFER.ARHC; did you mean MODEL.SE_TRAN"),
+        ([], ["DATASETS.TEST", "('coco_2017_vall',)"], "DATASETS.TRAIN: coco_2014_train: json_file "),
+        ([], ["DATASETS.TRAIN", "('coco_2017_vall',)"], "no data set named 'coco_2017_vall' is registered"),
     ]
     for flags, opts, message in cases:
         argv = ["--config-file", config, *flags, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out"), *opts]
@@ -351,3 +358,18 @@ def test_train_net_d2_usage_errors_are_one_line(d2, tmp_path, capsys):
         from se_transfer.detection.d2 import load_yaml_with_base
 
         load_yaml_with_base(bad)
+
+
+def test_se_impl_and_norm_reach_the_d2_backbone(d2, tmp_path):
+    from se_transfer.models.se import SEModule
+
+    path = tmp_path / "legacy.pth"
+    torch.save(_source("timm", "legacy_seresnet18").state_dict(), path)
+    cfg = _cfg(path, MODEL__SE_TRANSFER__SE_IMPL="eager", MODEL__RESNETS__NORM="BN", MODEL__BACKBONE__FREEZE_AT=1)
+    body = _d2_backbone(cfg).bottom_up.body
+    ses = [m for m in body.modules() if isinstance(m, SEModule)]
+    assert ses and all(m.impl == "eager" for m in ses)
+    assert isinstance(body.layer1[0].bn1, torch.nn.BatchNorm2d) and body.layer1[0].conv1.weight.requires_grad
+    assert not body.stem.conv1.weight.requires_grad  # FREEZE_AT 1: the stem only
+    with pytest.raises(BackboneConfigError, match=r"MODEL\.RESNETS\.NORM='GN'"):
+        _d2_backbone(_cfg(path, MODEL__RESNETS__NORM="GN"))

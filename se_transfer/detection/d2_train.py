@@ -88,8 +88,9 @@ def check_datasets(cfg: Any, eval_only: bool = False) -> None:
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     root = os.environ.get("DETECTRON2_DATASETS", "datasets")
-    keys = (("DATASETS.TEST", cfg.DATASETS.TEST),) if eval_only else (("DATASETS.TRAIN", cfg.DATASETS.TRAIN),
-                                                                       ("DATASETS.TEST", cfg.DATASETS.TEST))  # fmt: skip
+    keys = [("DATASETS.TEST", cfg.DATASETS.TEST)]
+    if not eval_only:
+        keys.insert(0, ("DATASETS.TRAIN", cfg.DATASETS.TRAIN))
     for key, names in keys:
         for name in names:
             if name not in DatasetCatalog.list():

@@ -1,1 +1,2 @@
-"""Detection task: SE backbones in torchvision's Faster R-CNN + FPN, COCO evaluation."""
+"""Detection task: SE backbones in Faster R-CNN + FPN, torchvision's (our engine) or detectron2's (its engine; optional),
+both built by ``backbone.py`` from one weights file; COCO evaluation with pycocotools."""

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import weakref
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,13 @@ def setup_cfg(args: Any) -> Any:
         raise UsageError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but this machine has no CUDA device: add MODEL.DEVICE cpu"
         )
+    if args.resume:
+        # detectron2 resumes from OUTPUT_DIR/last_checkpoint and ignores MODEL.WEIGHTS; the backbone must then be
+        # the one that checkpoint was trained as, whatever MODEL.WEIGHTS names.
+        tag = Path(cfg.OUTPUT_DIR) / "last_checkpoint"
+        last = Path(cfg.OUTPUT_DIR) / tag.read_text().strip() if tag.is_file() else None
+        if last is not None and last.is_file():
+            cfg.MODEL.WEIGHTS = str(last)
     spec = resolve_config(cfg)
     if args.eval_only and spec is not None and spec.source != "detector":
         raise UsageError(

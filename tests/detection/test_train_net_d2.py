@@ -119,14 +119,16 @@ def test_train_evaluate_eval_only_and_resume(env, se_resnet50_pth, tmp_path):
     again = json.loads((tmp_path / "eval" / "inference" / "coco_instances_results.json").read_text())
     assert again == detections
 
-    # --resume continues from last_checkpoint (iteration 4 of 6), with optimizer and schedule state
+    # --resume continues from last_checkpoint (iteration 4 of 6), with optimizer and schedule state; the backbone is
+    # rebuilt from that checkpoint, so MODEL.WEIGHTS is not needed
     proc, log = _run(
-        env, "--config-file", CONFIG, "--resume", *SMALL, "MODEL.WEIGHTS", str(se_resnet50_pth),
+        env, "--config-file", CONFIG, "--resume", *SMALL, "MODEL.WEIGHTS", "",
         "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(3,)", "SOLVER.CHECKPOINT_PERIOD", "2",
         "DATASETS.TEST", "()",
     )  # fmt: skip
     assert proc.returncode == 0, log[-4000:]
     assert "Starting training from iteration 4" in log
+    assert f"backbone se_resnet50 from {out / 'model_final.pth'}" in log
     assert torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["iteration"] == 5
     iters = [json.loads(line).get("iteration") for line in (out / "metrics.json").read_text().splitlines()]
     assert max(i for i in iters if i is not None) == 5

@@ -1,2 +1,2 @@
-"""Detection task: SE backbones in Faster R-CNN + FPN, torchvision's (our engine) or detectron2's (its engine; optional),
-both built by ``backbone.py`` from one weights file; COCO evaluation with pycocotools."""
+"""Detection task: SE backbones in Faster R-CNN + FPN, torchvision's (on our engine) or detectron2's (on its engine,
+optional), both built by ``backbone.py`` from one weights file; COCO evaluation with pycocotools."""

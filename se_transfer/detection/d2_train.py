@@ -14,8 +14,8 @@ import logging
 import os
 import sys
 import weakref
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .backbone import BackboneConfigError

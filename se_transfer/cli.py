@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,6 +143,11 @@ def train_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", default="", metavar="FILE", help="YAML config (may use _BASE_)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS and exit")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint if present")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over in an OUTPUT_DIR that holds an earlier run (deletes its checkpoints, metrics and plots)",
+    )
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (one per GPU; on CPU: gloo)")
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0..num_machines-1)")
@@ -170,6 +177,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError, load_config
     from .data.cifar import DatasetError
     from .engine import launch
+    from .engine.output_dir import OutputDirError
     from .engine.trainer import NonFiniteLossError
     from .models.factory import UnknownArgumentError
     from .models.weights import WeightsError
@@ -179,16 +187,18 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config_file or None, args.opts)
         device_type = "cpu" if cfg.MODEL.DEVICE == "cpu" else ("cuda" if _cuda_available() else "cpu")
-        launch(
-            _train_worker,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            device_type=device_type,
-            args=(cfg, args.eval_only, args.resume),
-        )
+        with claim_run_folder(cfg.OUTPUT_DIR, args):
+            launch(
+                _train_worker,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                device_type=device_type,
+                args=(cfg, args.eval_only, args.resume),
+            )
     except (
+        OutputDirError,
         ConfigError,
         DatasetError,
         WeightsError,
@@ -200,6 +210,18 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def claim_run_folder(output_dir: str, args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The output-folder claim of one run (``engine.output_dir``), taken once per run: by machine 0's starting
+    process (torchrun: by rank 0)."""
+    from .engine.output_dir import claim_output_dir
+
+    if int(os.environ.get("RANK", "0")) != 0 or getattr(args, "machine_rank", 0) != 0:
+        return contextlib.nullcontext()
+    return claim_output_dir(
+        output_dir, training=not args.eval_only, resume=args.resume, fresh=getattr(args, "fresh", False)
+    )
 
 
 def _cuda_available() -> bool:

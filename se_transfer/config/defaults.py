@@ -129,6 +129,9 @@ _C.SOLVER.WARMUP_ITERS = 0
 _C.SOLVER.WARMUP_FACTOR = 0.1
 # Iterations between checkpoints (0: only the final one). Each is written atomically; last_checkpoint names the newest.
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
+# How many periodic checkpoints (model_XXXXXXX.pth) to keep, the newest (0: all). The one last_checkpoint names and
+# model_final.pth are never deleted (detectron2's max_to_keep).
+_C.SOLVER.CHECKPOINT_KEEP = 3
 # Clip the gradient norm to this value (0: no clipping).
 _C.SOLVER.CLIP_GRAD_NORM = 0.0
 # Mixed precision: "none", "bf16" or "fp16" (fp16 uses a gradient scaler).

@@ -174,13 +174,19 @@ def argument_parser() -> Any:
     """detectron2's default_argument_parser, described for this tool."""
     from detectron2.engine import default_argument_parser
 
-    return default_argument_parser(
+    parser = default_argument_parser(
         epilog="Examples:\n"
         "  python tools/train_net_d2.py --config-file configs/detectron2/faster_rcnn_se_resnet50_fpn_2x.yaml "
         "--num-gpus 8 MODEL.WEIGHTS se_resnet50.pth\n"
         "  python tools/train_net_d2.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth\n"
         "  python tools/train_net_d2.py --config-file CFG --resume      # continue from OUTPUT_DIR/last_checkpoint"
     )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over in an OUTPUT_DIR that holds an earlier run (deletes its checkpoints, metrics and events)",
+    )
+    return parser
 
 
 def train_net_d2_main(argv: Sequence[str] | None = None) -> int:
@@ -192,18 +198,23 @@ def train_net_d2_main(argv: Sequence[str] | None = None) -> int:
         return 2
     from detectron2.engine import launch
 
+    from ..cli import claim_run_folder
+    from ..engine.output_dir import OutputDirError
+
     args = argument_parser().parse_args(argv)
     try:
-        check_datasets(setup_cfg(args), args.eval_only)  # fail here, with one line, before any worker starts
-        launch(
-            _worker,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except _EXPECTED as e:
+        cfg = setup_cfg(args)
+        check_datasets(cfg, args.eval_only)  # fail here, with one line, before any worker starts
+        with claim_run_folder(cfg.OUTPUT_DIR, args):
+            launch(
+                _worker,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )
+    except (*_EXPECTED, OutputDirError) as e:
         print(f"train_net_d2: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -67,9 +67,10 @@ class Checkpointer:
     Only rank 0 writes; every rank's RNG state is gathered into the file so that each resumes its own.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, model: torch.nn.Module, **objects: Any) -> None:
+    def __init__(self, output_dir: str | os.PathLike, model: torch.nn.Module, keep: int = 0, **objects: Any) -> None:
         self.output_dir = Path(output_dir)
         self.model = model
+        self.keep = keep  # periodic checkpoints kept, the newest (0: all)
         self.objects = {k: v for k, v in objects.items() if v is not None}
         self.extra_meta: dict[str, Any] = {}
 
@@ -84,7 +85,23 @@ class Checkpointer:
         path = atomic_torch_save(data, self.output_dir / f"{name}.pth")
         atomic_write_text(self.output_dir / LAST_CHECKPOINT, path.name)
         logger.info("saved checkpoint %s (iteration %d)", path, iteration)
+        self.prune()
         return path
+
+    def prune(self) -> list[Path]:
+        """Delete all but the ``keep`` newest periodic checkpoints; never the one last_checkpoint names, nor
+        model_final.pth. Returns what was deleted."""
+        if self.keep <= 0:
+            return []
+        periodic = sorted(self.output_dir.glob("model_[0-9][0-9][0-9][0-9][0-9][0-9][0-9].pth"))
+        marker = self.output_dir / LAST_CHECKPOINT
+        protected = {marker.read_text().strip()} if marker.is_file() else set()
+        doomed = [p for p in periodic[: -self.keep] if p.name not in protected]
+        for p in doomed:
+            p.unlink(missing_ok=True)
+        if doomed:
+            logger.info("SOLVER.CHECKPOINT_KEEP %d: deleted %s", self.keep, ", ".join(p.name for p in doomed))
+        return doomed
 
     def last_checkpoint(self) -> Path | None:
         """The file named in OUTPUT_DIR/last_checkpoint, if any."""

@@ -65,7 +65,9 @@ def run_training(
         device=device,
         ims_per_batch=s.IMS_PER_BATCH,
     )
-    checkpointer = Checkpointer(cfg.OUTPUT_DIR, model, optimizer=optimizer, scheduler=scheduler, scaler=trainer.scaler)
+    checkpointer = Checkpointer(
+        cfg.OUTPUT_DIR, model, keep=s.CHECKPOINT_KEEP, optimizer=optimizer, scheduler=scheduler, scaler=trainer.scaler
+    )
     if checkpoint_meta is not None:
         checkpointer.extra_meta = dict(checkpoint_meta)
     elif hasattr(model, "arch_kwargs"):  # registry models: create_model(pretrained=model_final.pth) rebuilds it

@@ -1,0 +1,132 @@
+"""One run per output folder: the OS lock, refusing to mix with an earlier run, stale temporaries, CHECKPOINT_KEEP."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from se_transfer.cli import train_main
+from se_transfer.data.cifar import write_fake_cifar
+from se_transfer.engine.checkpoint import Checkpointer
+from se_transfer.engine.output_dir import OutputDirError, claim_output_dir, remove_stale_temporaries
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_fake_cifar(root, "cifar10", num_train=256, num_test=100, seed=0)
+    return root
+
+
+def _train(root, out, *flags, **keys):
+    opts = {
+        "MODEL.DEVICE": "cpu", "MODEL.ARCH": "se_resnet20", "MODEL.KWARGS.depth": 8, "DATA.ROOT": str(root),
+        "OUTPUT_DIR": str(out), "SOLVER.IMS_PER_BATCH": 64, "SOLVER.EPOCHS": 0, "SOLVER.MAX_ITER": 8,
+        "SOLVER.CHECKPOINT_PERIOD": 2, "SOLVER.CHECKPOINT_KEEP": 2, "TEST.IMS_PER_BATCH": 100, **keys,
+    }  # fmt: skip
+    argv = ["--config-file", str(REPO / "configs/cifar/se_resnet110_cifar10.yaml"), *flags]
+    for k, v in opts.items():
+        argv += [k, str(v)]
+    return train_main(argv)
+
+
+def _holder(folder):
+    """A process that holds ``folder`` until killed; returns it once the lock is taken."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from se_transfer.engine.output_dir import claim_output_dir
+        with claim_output_dir({str(folder)!r}, training=False):
+            print("held", flush=True)
+            time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_and_the_lock_dies_with_its_process(cifar_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = _holder(out)
+    try:
+        assert _train(cifar_root, out) == 2
+        err = capsys.readouterr().err
+        assert f"OUTPUT_DIR {out} is in use by process {holder.pid}" in err and err.count("\n") == 1
+        assert not (out / "metrics.jsonl").exists()  # nothing of the refused run was written
+    finally:
+        holder.kill()  # kill -9: the kernel drops the lock with the process
+        holder.wait()
+    assert _train(cifar_root, out) == 0
+    capsys.readouterr()
+
+
+def test_a_new_run_on_a_finished_one_is_refused_unless_asked_to_start_over(cifar_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(cifar_root, out) == 0
+    # SOLVER.CHECKPOINT_KEEP 2: of the periodic checkpoints at 2, 4 and 6 the newest two remain, and the final one
+    assert sorted(p.name for p in out.glob("model_*.pth")) == [
+        "model_0000004.pth",
+        "model_0000006.pth",
+        "model_final.pth",
+    ]
+    first = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+
+    assert _train(cifar_root, out) == 2
+    err = capsys.readouterr().err
+    assert f"OUTPUT_DIR {out} holds an earlier run" in err and "--resume" in err and "--fresh" in err
+    assert (out / "metrics.jsonl").read_text() == first  # refused before anything was touched
+
+    assert _train(cifar_root, out, "--fresh", **{"SOLVER.MAX_ITER": 4}) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["iteration"] for r in rows) == 4  # only the new run's rows
+    assert not (out / "model_0000006.pth").exists()
+    capsys.readouterr()
+
+    # evaluation is not a new training run: it may use a folder that holds one
+    weights = out / "model_final.pth"
+    assert _train(cifar_root, out, "--eval-only", **{"MODEL.WEIGHTS": weights}) == 0
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".model_0000004.pth.tmp{dead_pid}"
+    live = tmp_path / f".last_checkpoint.tmp{os.getpid()}"
+    keep = tmp_path / "model_0000004.pth"
+    for p in (stale, live, keep):
+        p.write_bytes(b"x")
+    with claim_output_dir(tmp_path, training=False):
+        pass
+    assert not stale.exists() and live.exists() and keep.exists()
+    assert remove_stale_temporaries(tmp_path) == []
+
+
+def test_checkpoint_keep_never_deletes_what_last_checkpoint_names_or_the_final(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    ck = Checkpointer(tmp_path, model, keep=2)
+    for i in range(1, 5):
+        ck.save(f"model_{i:07d}", i)
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000003.pth", "model_0000004.pth"]
+    ck.save("model_final", 5)
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")  # e.g. a run resumed from an older checkpoint
+    ck.keep = 1
+    assert ck.prune() == []  # model_0000003 is named by last_checkpoint, model_0000004 is the newest
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    assert [p.name for p in ck.prune()] == ["model_0000003.pth"]
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000004.pth", "model_final.pth"]
+    assert Checkpointer(tmp_path, model, keep=0).prune() == []
+
+
+def test_an_output_dir_that_cannot_be_created_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OutputDirError, match=r"OUTPUT_DIR .*file/run: cannot be created or written"):
+        with claim_output_dir(blocker / "run", training=True):
+            pass

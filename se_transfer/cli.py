@@ -144,6 +144,11 @@ def train_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS and exit")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint if present")
     parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: apply config values that differ from the run's config.yaml (else an error lists them)",
+    )
+    parser.add_argument(
         "--fresh",
         action="store_true",
         help="start over in an OUTPUT_DIR that holds an earlier run (deletes its checkpoints, metrics and plots)",
@@ -156,7 +161,31 @@ def train_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_worker(cfg, eval_only: bool, resume: bool) -> None:
+def parse_train_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse detectron2-style arguments with the options allowed anywhere, also after the KEY VALUE pairs.
+
+    argparse hands everything after the first KEY to the trailing ``opts`` (REMAINDER), so ``... SOLVER.MAX_ITER 10
+    --eval-only`` would become an override; options are moved in front of the pairs first."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    actions = parser._option_string_actions
+    options: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name = token.split("=", 1)[0]
+        action = actions.get(name)
+        if action is None or not token.startswith("-"):
+            rest.append(token)
+            i += 1
+            continue
+        takes = 0 if action.nargs == 0 or "=" in token else 1
+        options += argv[i : i + 1 + takes]
+        i += 1 + takes
+    return parser.parse_args(options + rest)
+
+
+def _train_worker(cfg, eval_only: bool, resume: bool, allow_config_change: bool = False) -> None:
     from .config import ConfigError
     from .engine.events import setup_logger
 
@@ -169,7 +198,7 @@ def _train_worker(cfg, eval_only: bool, resume: bool) -> None:
         from .detection.task import run
     else:
         raise ConfigError(f"TASK must be 'classification' or 'detection', got {cfg.TASK!r}")
-    run(cfg, eval_only=eval_only, resume=resume)
+    run(cfg, eval_only=eval_only, resume=resume, allow_config_change=allow_config_change)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -183,7 +212,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     from .models.weights import WeightsError
     from .registry import RegistryError
 
-    args = train_argument_parser().parse_args(argv)
+    args = parse_train_args(train_argument_parser(), argv)
     try:
         cfg = load_config(args.config_file or None, args.opts)
         device_type = "cpu" if cfg.MODEL.DEVICE == "cpu" else ("cuda" if _cuda_available() else "cpu")
@@ -195,7 +224,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                 machine_rank=args.machine_rank,
                 dist_url=args.dist_url,
                 device_type=device_type,
-                args=(cfg, args.eval_only, args.resume),
+                args=(cfg, args.eval_only, args.resume, args.allow_config_change),
             )
     except (
         OutputDirError,
@@ -254,7 +283,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
         "with the same seed and overrides, each into its own OUTPUT_DIR (OUTPUT_DIR given here: a sub-folder per "
         "config), and print their errors side by side."
     )
-    args = parser.parse_args(argv)
+    args = parse_train_args(parser, argv)
     if not args.config_file:
         parser.error("--config-file is required")
     try:

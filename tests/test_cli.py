@@ -66,3 +66,15 @@ def test_convert_weights_errors_are_reported(tmp_path, capsys):
     assert convert_weights_main([str(tmp_path / "junk.pth"), str(tmp_path / "out.pth")]) == 2
     assert "junk.pth" in capsys.readouterr().err
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_options_are_read_anywhere_also_after_the_overrides():
+    from se_transfer.cli import parse_train_args, train_argument_parser
+
+    args = parse_train_args(
+        train_argument_parser(),
+        ["--config-file", "c.yaml", "SOLVER.MAX_ITER", "10", "--eval-only", "MODEL.DEVICE", "cpu", "--num-gpus", "2",
+         "SOLVER.BASE_LR", "-0.5", "--dist-url=tcp://h:1"],
+    )  # fmt: skip
+    assert args.eval_only and args.num_gpus == 2 and args.dist_url == "tcp://h:1" and args.config_file == "c.yaml"
+    assert args.opts == ["SOLVER.MAX_ITER", "10", "MODEL.DEVICE", "cpu", "SOLVER.BASE_LR", "-0.5"]

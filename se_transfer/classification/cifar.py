@@ -90,9 +90,11 @@ def evaluate(model: nn.Module, loader: CifarLoader, amp_dtype: torch.dtype | Non
     return {"top1": acc1, "top5": acc5, "top1_err": 100.0 - acc1, "top5_err": 100.0 - acc5, "num_images": int(total)}
 
 
-def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str, Any]:
+def run(
+    cfg: CfgNode, eval_only: bool = False, resume: bool = False, allow_config_change: bool = False
+) -> dict[str, Any]:
     """Train (or with ``eval_only`` just evaluate) a CIFAR classifier as ``cfg`` says; return the final metrics."""
-    cfg, device = default_setup(cfg)
+    cfg, device = default_setup(cfg, resume and not eval_only, allow_config_change)
     train_set, test_set = load_data(cfg)
     model = build_classifier(cfg, train_set.num_classes).to(device)
     if cfg.MODEL.CHANNELS_LAST:

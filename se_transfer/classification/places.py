@@ -170,9 +170,11 @@ def _plot_confusions(confusions: dict[tuple[int, int], int], names: list[str], p
     plt.close(fig)
 
 
-def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str, Any]:
+def run(
+    cfg: CfgNode, eval_only: bool = False, resume: bool = False, allow_config_change: bool = False
+) -> dict[str, Any]:
     """Fine-tune (or train from scratch, or with ``eval_only`` evaluate) a Places365 classifier as ``cfg`` says."""
-    cfg, device = default_setup(cfg)
+    cfg, device = default_setup(cfg, resume and not eval_only, allow_config_change)
     val_set = _datasets(cfg, train=False)
     if not cfg.MODEL.WEIGHTS:
         logger.warning(

@@ -198,10 +198,10 @@ def train_net_d2_main(argv: Sequence[str] | None = None) -> int:
         return 2
     from detectron2.engine import launch
 
-    from ..cli import claim_run_folder
+    from ..cli import claim_run_folder, parse_train_args
     from ..engine.output_dir import OutputDirError
 
-    args = argument_parser().parse_args(argv)
+    args = parse_train_args(argument_parser(), argv)
     try:
         cfg = setup_cfg(args)
         check_datasets(cfg, args.eval_only)  # fail here, with one line, before any worker starts

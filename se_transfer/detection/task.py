@@ -122,9 +122,11 @@ def evaluate(model: nn.Module, loader: Any, evaluator: COCOEvaluator, device: to
     return results
 
 
-def run(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> dict[str, Any]:
+def run(
+    cfg: CfgNode, eval_only: bool = False, resume: bool = False, allow_config_change: bool = False
+) -> dict[str, Any]:
     """Train (or with ``eval_only`` just evaluate) Faster R-CNN as ``cfg`` says; return the final COCO metrics."""
-    cfg, device = default_setup(cfg)
+    cfg, device = default_setup(cfg, resume and not eval_only, allow_config_change)
     test_set = _datasets(cfg, tuple(cfg.DATASETS.TEST), train=False)
     num_classes = len(test_set.class_names) - 1
     model = build_model(cfg, num_classes).to(device)

@@ -72,7 +72,7 @@ def run_training(
         checkpointer.extra_meta = dict(checkpoint_meta)
     elif hasattr(model, "arch_kwargs"):  # registry models: create_model(pretrained=model_final.pth) rebuilds it
         checkpointer.extra_meta = checkpoint_metadata(model)
-    start_iter = checkpointer.resume() if resume else 0
+    start_iter = resume_with_current_solver(checkpointer, optimizer, scheduler) if resume else 0
     writer = None
     if is_main_process():
         # A resumed run rewrites what came after its checkpoint; a fresh run starts a fresh file.
@@ -98,6 +98,24 @@ def run_training(
     if is_main_process():
         results["plots"] = [str(p) for p in plot_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl", cfg.OUTPUT_DIR)]
     return trainer, results
+
+
+def resume_with_current_solver(checkpointer: Checkpointer, optimizer: Any, scheduler: Any) -> int:
+    """Restore the newest checkpoint, then put back the optimizer hyper-parameters and base LRs of the config in force
+    (loading restores the saved ones): unchanged values are the same numbers, changed ones (--allow-config-change)
+    take effect. The LR of the next step is recomputed from the schedule, as LambdaLR would."""
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    base_lrs = list(scheduler.base_lrs)
+    start_iter = checkpointer.resume()
+    if start_iter == 0:
+        return 0
+    scheduler.base_lrs = base_lrs
+    for group, saved, base, fn in zip(optimizer.param_groups, hyper, base_lrs, scheduler.lr_lambdas):
+        group.update({k: v for k, v in saved.items() if k not in ("lr", "initial_lr")})
+        group["initial_lr"] = base
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return start_iter
 
 
 def record_evaluation(output_dir: str, results: dict[str, Any]) -> None:

@@ -6,8 +6,10 @@ import logging
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 from ..config import CfgNode
 from .distributed import get_rank, get_world_size, init_from_env, launched_by_torchrun
@@ -68,9 +70,82 @@ def apply_linear_scaling(cfg: CfgNode, world_size: int) -> CfgNode:
     return new
 
 
-def default_setup(cfg: CfgNode) -> tuple[CfgNode, torch.device]:
+# Keys a resumed run may change freely: where things are, how often to log, save and evaluate, how to compute. Every
+# other key shapes the training state the checkpoint restores (model, data, solver, schedule).
+RESUME_FREE_KEYS = (
+    "OUTPUT_DIR",
+    "LOG_PERIOD",
+    "MODEL.WEIGHTS",
+    "MODEL.DEVICE",
+    "MODEL.COMPILE",
+    "MODEL.SE_IMPL",
+    "MODEL.CHANNELS_LAST",
+    "DATA.ROOT",
+    "DATA.GENERATE_DEMO",
+    "DATALOADER.NUM_WORKERS",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "SOLVER.CHECKPOINT_KEEP",
+    "TEST.",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "MODEL.ROI_HEADS.NMS_THRESH_TEST",
+    "MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE",
+)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: Any, new: CfgNode) -> list[tuple[str, Any, Any]]:
+    """(key, the run's value, the new value) for every key outside RESUME_FREE_KEYS that differs."""
+    a = _flatten(old)
+    b = _flatten(yaml.safe_load(new.dump()))  # the same YAML round trip config.yaml went through
+    changed = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUME_FREE_KEYS):
+            continue
+        if a.get(key) != b.get(key):
+            changed.append((key, a.get(key), b.get(key)))
+    return changed
+
+
+def check_resume_config(cfg: CfgNode, out: Path, allow_change: bool) -> None:
+    """On --resume, the config must be the one the run started with (OUTPUT_DIR/config.yaml), or the change meant."""
+    from ..config import ConfigError
+
+    path = out / "config.yaml"
+    if not (out / "last_checkpoint").is_file() or not path.is_file():
+        return
+    with open(path, encoding="utf-8") as f:
+        changes = config_changes(yaml.safe_load(f) or {}, cfg)
+    if not changes:
+        return
+    shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:10])
+    if len(changes) > 10:
+        shown += f"; ... ({len(changes)} keys in all)"
+    if not allow_change:
+        raise ConfigError(
+            f"--resume: the config differs from the one this run started with ({path}) in keys that the checkpoint's "
+            f"state would override or that shape the run: {shown}. Resume with the same config, or add "
+            "--allow-config-change to apply the new values"
+        )
+    logger.warning("--resume --allow-config-change: applying %s", shown)
+
+
+def default_setup(
+    cfg: CfgNode, resume: bool = False, allow_config_change: bool = False
+) -> tuple[CfgNode, torch.device]:
     """Join torchrun's group if any; scale the solver if asked; make OUTPUT_DIR, log, write config.yaml, seed.
 
+    With ``resume``, the config is first compared with the run's config.yaml (``check_resume_config``).
     Returns the config in force (scaled by the linear rule when SOLVER.REFERENCE_WORLD_SIZE asks) and the device.
     """
     if launched_by_torchrun():
@@ -80,6 +155,8 @@ def default_setup(cfg: CfgNode) -> tuple[CfgNode, torch.device]:
     out.mkdir(parents=True, exist_ok=True)
     setup_logger(out, rank)
     cfg = apply_linear_scaling(cfg, get_world_size())
+    if resume:  # every rank reads the same files and so reaches the same verdict
+        check_resume_config(cfg, out, allow_config_change)
     if rank == 0:
         tmp = out / ".config.yaml.tmp"
         tmp.write_text(cfg.dump())

@@ -29,7 +29,8 @@ def _train(root, out, *flags, **keys):
     opts = {
         "MODEL.DEVICE": "cpu", "MODEL.ARCH": "se_resnet20", "MODEL.KWARGS.depth": 8, "DATA.ROOT": str(root),
         "OUTPUT_DIR": str(out), "SOLVER.IMS_PER_BATCH": 64, "SOLVER.EPOCHS": 0, "SOLVER.MAX_ITER": 8,
-        "SOLVER.CHECKPOINT_PERIOD": 2, "SOLVER.CHECKPOINT_KEEP": 2, "TEST.IMS_PER_BATCH": 100, **keys,
+        "SOLVER.CHECKPOINT_PERIOD": 2, "SOLVER.CHECKPOINT_KEEP": 2, "SOLVER.WARMUP_ITERS": 0, "TEST.IMS_PER_BATCH": 100,
+        **keys,
     }  # fmt: skip
     argv = ["--config-file", str(REPO / "configs/cifar/se_resnet110_cifar10.yaml"), *flags]
     for k, v in opts.items():
@@ -130,3 +131,25 @@ def test_an_output_dir_that_cannot_be_created_is_one_line(tmp_path):
     with pytest.raises(OutputDirError, match=r"OUTPUT_DIR .*file/run: cannot be created or written"):
         with claim_output_dir(blocker / "run", training=True):
             pass
+
+
+def test_resume_with_a_changed_config_is_refused_then_applied_when_meant(cifar_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(cifar_root, out, **{"SOLVER.BASE_LR": 0.1, "LOG_PERIOD": 1}) == 0
+    capsys.readouterr()
+    changed = {"SOLVER.BASE_LR": 0.05, "SOLVER.MAX_ITER": 12, "LOG_PERIOD": 1}
+    assert _train(cifar_root, out, "--resume", **changed) == 2
+    err = capsys.readouterr().err
+    assert "--resume: the config differs from the one this run started with" in err
+    assert "SOLVER.BASE_LR: 0.1 -> 0.05" in err and "SOLVER.MAX_ITER: 8 -> 12" in err and "--allow-config-change" in err
+    # keys that only say where and how often (here LOG_PERIOD, TEST.*) may change without the flag
+    assert _train(cifar_root, out, "--resume", **{"SOLVER.BASE_LR": 0.1, "TEST.IMS_PER_BATCH": 50}) == 0
+
+    assert _train(cifar_root, out, "--resume", "--allow-config-change", **changed) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["iteration"]: r["lr"] for r in rows if "lr" in r}
+    assert lrs[8] == pytest.approx(0.1) and lrs[9] == pytest.approx(0.05) and lrs[12] == pytest.approx(0.05)
+    from se_transfer.config import load_config
+
+    ran = load_config(str(out / "config.yaml"), [])
+    assert ran.SOLVER.BASE_LR == 0.05 and ran.SOLVER.MAX_ITER == 12  # config.yaml is the config that ran

@@ -185,7 +185,65 @@ def parse_train_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
     return parser.parse_args(options + rest)
 
 
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The failures a user can cause and fix (config, data, weights, checkpoints, files, folders): one line, exit 2."""
+    from .config import ConfigError
+    from .data.cifar import DatasetError
+    from .engine.checkpoint import CheckpointError
+    from .engine.output_dir import OutputDirError
+    from .engine.trainer import NonFiniteLossError
+    from .models.factory import UnknownArgumentError
+    from .models.weights import WeightsError
+    from .registry import RegistryError
+
+    return (
+        ConfigError, DatasetError, WeightsError, NonFiniteLossError, RegistryError, UnknownArgumentError,
+        OutputDirError, CheckpointError, OSError, ValueError,
+    )  # fmt: skip
+
+
+# Where worker processes leave their one-line error for train_main (a folder it makes for each launch).
+ERROR_DIR_ENV = "SE_TRANSFER_ERROR_DIR"
+
+
+def error_line(error: BaseException) -> str:
+    """An expected failure as one line (OSErrors as 'FILE: reason')."""
+    message = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.filename:
+        message = f"{error.filename}: {error.strerror or error}"
+    return "error: " + " ".join(message.split())
+
+
+def report_error(error: BaseException, rank: int | None = None) -> None:
+    """The traceback to the run's log file only (log.txt); the one line on stderr, or, from a worker process
+    (``rank`` given), to the launch's error folder, whence train_main prints the lowest rank's line once."""
+    files = [h for h in logging.getLogger("se_transfer").handlers if isinstance(h, logging.FileHandler)]
+    if files:
+        record = logging.LogRecord("se_transfer", logging.ERROR, __file__, 0, "run failed: %s", (error,), None)
+        record.exc_info = (type(error), error, error.__traceback__)
+        for h in files:
+            h.handle(record)
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if rank is not None and folder:
+        (Path(folder) / f"rank{rank:05d}.txt").write_text(error_line(error))
+    else:
+        print(error_line(error), file=sys.stderr, flush=True)
+
+
 def _train_worker(cfg, eval_only: bool, resume: bool, allow_config_change: bool = False) -> None:
+    from .engine.distributed import get_rank, get_world_size
+
+    if get_world_size() == 1:  # one process: train_main reports what it raises
+        _run_task(cfg, eval_only, resume, allow_config_change)
+        return
+    try:
+        _run_task(cfg, eval_only, resume, allow_config_change)
+    except expected_errors() as e:
+        report_error(e, get_rank())
+        sys.exit(2)  # the launcher ends the other processes and train_main returns 2
+
+
+def _run_task(cfg, eval_only: bool, resume: bool, allow_config_change: bool) -> None:
     from .config import ConfigError
     from .engine.events import setup_logger
 
@@ -203,16 +261,17 @@ def _train_worker(cfg, eval_only: bool, resume: bool, allow_config_change: bool 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of tools/train_net.py."""
-    from .config import ConfigError, load_config
-    from .data.cifar import DatasetError
+    import shutil
+    import tempfile
+
+    from torch.multiprocessing import ProcessExitedException
+
+    from .config import load_config
     from .engine import launch
-    from .engine.output_dir import OutputDirError
-    from .engine.trainer import NonFiniteLossError
-    from .models.factory import UnknownArgumentError
-    from .models.weights import WeightsError
-    from .registry import RegistryError
 
     args = parse_train_args(train_argument_parser(), argv)
+    error_dir = tempfile.mkdtemp(prefix="se_transfer_errors_")
+    os.environ[ERROR_DIR_ENV] = error_dir  # spawned workers inherit it
     try:
         cfg = load_config(args.config_file or None, args.opts)
         device_type = "cpu" if cfg.MODEL.DEVICE == "cpu" else ("cuda" if _cuda_available() else "cpu")
@@ -226,18 +285,18 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                 device_type=device_type,
                 args=(cfg, args.eval_only, args.resume, args.allow_config_change),
             )
-    except (
-        OutputDirError,
-        ConfigError,
-        DatasetError,
-        WeightsError,
-        NonFiniteLossError,
-        FileNotFoundError,
-        RegistryError,
-        UnknownArgumentError,
-    ) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except expected_errors() as e:
+        report_error(e)
         return 2
+    except ProcessExitedException as e:
+        lines = [p.read_text() for p in sorted(Path(error_dir).glob("rank*.txt"))]
+        if e.exit_code == 2 and lines:  # a worker failed as expected and said why
+            print(lines[0], file=sys.stderr, flush=True)
+            return 2
+        raise
+    finally:
+        shutil.rmtree(error_dir, ignore_errors=True)
+        os.environ.pop(ERROR_DIR_ENV, None)
     return 0
 
 

@@ -109,3 +109,10 @@ def test_shipped_places365_configs():
             1024,
             (30, 60, 90),
         )
+
+
+def test_a_missing_base_names_the_file_that_refers_to_it(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("_BASE_: gone_base.yaml\nSEED: 1\n")
+    with pytest.raises(ConfigError, match=r"config file not found: .*gone_base\.yaml \(the _BASE_ of .*child\.yaml\)"):
+        load_config(str(child), [])

@@ -48,7 +48,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise ConfigError(f"{path}: _BASE_ cycle through {[str(p) for p in seen]}")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        referrer = f" (the _BASE_ of {seen[-1]})" if seen else ""
+        raise ConfigError(f"config file not found: {path}{referrer}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:

@@ -172,6 +172,10 @@ def read_rgb_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise DatasetError(f"image file {path} cannot be read: {err}") from err
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 class CocoDetection(Dataset):
     """COCO instances as torchvision detection targets: ``(image 3 x H x W float in [0, 1], target dict)``.
 
@@ -180,8 +184,8 @@ class CocoDetection(Dataset):
     gaps) map to contiguous labels 1..K (:attr:`coco_to_contiguous`, :attr:`contiguous_to_coco`, :attr:`class_names`
     with ``'__background__'`` at 0). Crowd annotations are not targets; boxes are clipped to the image and dropped when
     degenerate (width or height <= 1 pixel after clipping). With ``filter_empty`` images with no remaining box are left
-    out; with ``skip_missing`` image files that do not exist are left out (else reading one raises DatasetError naming
-    it). All of these are counted in :attr:`stats` and reported in one warning. ``transforms(image HWC uint8, boxes,
+    out; image files that do not exist are found at construction: an error naming them, or with ``skip_missing`` left
+    out. All of these are counted in :attr:`stats` and reported in one warning. ``transforms(image HWC uint8, boxes,
     labels) -> (image, boxes, labels)`` (numpy) runs before the conversion to tensors.
     """
 
@@ -223,9 +227,7 @@ class CocoDetection(Dataset):
             "images_without_annotations": 0,
             "missing_images": 0,
         }
-        image_ids = sorted(self.coco.imgs)
-        if skip_missing:
-            image_ids = self._drop_missing(image_ids)
+        image_ids = self._check_files(sorted(self.coco.imgs), skip_missing)
 
         ids: list[int] = []
         boxes: list[np.ndarray] = []
@@ -247,7 +249,9 @@ class CocoDetection(Dataset):
         self._labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
         self._report()
 
-    def _drop_missing(self, image_ids: list[int]) -> list[int]:
+    def _check_files(self, image_ids: list[int], skip_missing: bool) -> list[int]:
+        """Every image file exists (checked at start, not when a worker first reads it); with ``skip_missing`` the
+        missing ones are left out and reported, else they are an error naming them."""
         kept, missing = [], []
         for img_id in image_ids:
             path = self.image_dir / self.coco.imgs[img_id]["file_name"]
@@ -256,6 +260,11 @@ class CocoDetection(Dataset):
             self.stats["missing_images"] = len(missing)
             shown = ", ".join(str(self.image_dir / self.coco.imgs[i]["file_name"]) for i in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            if not skip_missing:
+                raise DatasetError(
+                    f"{self.ann_file}: {len(missing)} of {len(image_ids)} image files are missing: {shown}{more} "
+                    "(set DATALOADER.SKIP_MISSING_IMAGES True to leave them out)"
+                )
             logger.warning(
                 "%s: skipped %d of %d images whose files are missing: %s%s",
                 self.ann_file,
@@ -277,7 +286,13 @@ class CocoDetection(Dataset):
             cat = ann["category_id"]
             if cat not in self.coco_to_contiguous:
                 raise DatasetError(f"{self.ann_file}: annotation {ann.get('id')} has unknown category_id {cat}")
-            x, y, w, h = (float(v) for v in ann["bbox"])
+            box = ann.get("bbox")
+            if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box)):
+                raise DatasetError(
+                    f"{self.ann_file}: annotation {ann.get('id')} (image {img_id}) has bbox {box!r}; "
+                    "expected [x, y, width, height] as 4 numbers"
+                )
+            x, y, w, h = (float(v) for v in box)
             x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
             x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
             if not all(map(math.isfinite, (x1, y1, x2, y2))) or x2 - x1 <= 1.0 or y2 - y1 <= 1.0:

@@ -60,6 +60,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from: unreadable, incomplete, or of another model. Names the file."""
+
+
 class Checkpointer:
     """Saves and restores model, optimizer, scheduler, grad scaler, RNG states and the iteration.
 
@@ -119,16 +123,33 @@ class Checkpointer:
         if path is None:
             logger.info("no checkpoint in %s: starting from the beginning", self.output_dir)
             return 0
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"cannot resume from {path}: the file is empty (0 bytes)")
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise RuntimeError(f"cannot resume from {path}: {e}") from e
+        except Exception as e:  # torch.load raises many types on foreign bytes (UnpicklingError, RuntimeError, ...)
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(
+                f"cannot resume from {path}: not a checkpoint written by torch.save ({type(e).__name__}"
+                f"{': ' + detail[:200] if detail else ''})"
+            ) from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"cannot resume from {path}: it holds a {type(data).__name__}, not a checkpoint")
         missing = [k for k in ("model", "iteration", *self.objects) if k not in data]
         if missing:
-            raise RuntimeError(f"cannot resume from {path}: it lacks {missing}")
+            raise CheckpointError(f"cannot resume from {path}: it lacks {missing}")
+        from ..models.weights import WeightsError, check_fit
+
+        try:
+            check_fit(self.model.state_dict(), data["model"], path, "the model this run builds")
+        except WeightsError as e:
+            raise CheckpointError(f"cannot resume: {e} (a checkpoint of another architecture or config?)") from None
         self.model.load_state_dict(data["model"])
         for key, obj in self.objects.items():
-            obj.load_state_dict(data[key])
+            try:
+                obj.load_state_dict(data[key])
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise CheckpointError(f"cannot resume from {path}: its {key} state does not fit ({e})") from None
         rngs = data.get("rng") or []
         if len(rngs) > get_rank():
             set_rng_state(rngs[get_rank()])

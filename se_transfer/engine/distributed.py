@@ -7,6 +7,7 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is read instead. NCCL on CUDA,
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -131,6 +132,8 @@ def launch(
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
     if device_type == "cuda" and procs_per_machine > torch.cuda.device_count():
         raise ValueError(f"{procs_per_machine} processes asked for, but {torch.cuda.device_count()} GPUs are visible")
+    # When one process fails the others are ended; torch warns about each. The failure itself is reported by the caller.
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     mp.start_processes(
         _worker,
         nprocs=procs_per_machine,

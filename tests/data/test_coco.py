@@ -190,6 +190,16 @@ def test_image_modes_become_rgb(tmp_path: Path, mode: str, fmt: str):
     assert image.shape == (3, 20, 30)
 
 
+def test_a_bbox_that_is_not_four_numbers_is_named(tmp_path: Path):
+    _save(tmp_path / "img" / "ok.jpg", "RGB", (40, 30))
+    images = [{"id": 5, "file_name": "ok.jpg", "height": 30, "width": 40}]
+    cats = [{"id": 1, "name": "a", "supercategory": "x"}]
+    for bad in (["1", 2, 3, 4], [1, 2, 3], None):
+        ann_file = _write_json(tmp_path / "a.json", images, [{**_ann(9, 5, 1, [1, 2, 3, 4]), "bbox": bad}], cats)
+        with pytest.raises(DatasetError, match=r"a\.json: annotation 9 \(image 5\) has bbox .*4 numbers"):
+            CocoDetection(tmp_path / "img", ann_file)
+
+
 def test_missing_and_unreadable_images(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     _save(tmp_path / "img" / "ok.jpg", "RGB", (40, 30))
     (tmp_path / "img" / "broken.jpg").write_bytes(b"not a jpeg at all")
@@ -197,8 +207,15 @@ def test_missing_and_unreadable_images(tmp_path: Path, caplog: pytest.LogCapture
               enumerate(["ok.jpg", "gone.jpg", "broken.jpg"])]  # fmt: skip
     anns = [_ann(i + 1, i + 1, 1, [1, 1, 20, 20]) for i in range(3)]
     ann_file = _write_json(tmp_path / "a.json", images, anns, [{"id": 1, "name": "a", "supercategory": "x"}])
+    # a missing file is found at start, not when a worker first reads it
+    with pytest.raises(
+        DatasetError, match=r"a\.json: 1 of 3 image files are missing: .*gone\.jpg .*SKIP_MISSING_IMAGES"
+    ):
+        CocoDetection(tmp_path / "img", ann_file)
+    (tmp_path / "img" / "gone.jpg").write_bytes((tmp_path / "img" / "ok.jpg").read_bytes())
     ds = CocoDetection(tmp_path / "img", ann_file)
     assert len(ds) == 3 and ds.stats["missing_images"] == 0
+    (tmp_path / "img" / "gone.jpg").unlink()  # gone after the start: reading it is still an error naming it
     with pytest.raises(DatasetError, match="gone.jpg"):
         ds[1]
     with pytest.raises(DatasetError, match="broken.jpg"):

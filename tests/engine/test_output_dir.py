@@ -153,3 +153,32 @@ def test_resume_with_a_changed_config_is_refused_then_applied_when_meant(cifar_r
 
     ran = load_config(str(out / "config.yaml"), [])
     assert ran.SOLVER.BASE_LR == 0.05 and ran.SOLVER.MAX_ITER == 12  # config.yaml is the config that ran
+
+
+def test_resume_errors_name_the_file_in_one_line(cifar_root, tmp_path, capsys):
+    out, other = tmp_path / "run", tmp_path / "other"
+    assert _train(cifar_root, out) == 0
+    assert _train(cifar_root, other, **{"MODEL.KWARGS.depth": 14}) == 0
+    capsys.readouterr()
+    final = out / "model_final.pth"
+    cases = [
+        (b"", "the file is empty (0 bytes)"),
+        (b": 101\n", "not a checkpoint written by torch.save (UnpicklingError"),
+        ((other / "model_final.pth").read_bytes(), "does not fit the model this run builds: unexpected tensors: "),
+    ]
+    for content, message in cases:
+        final.write_bytes(content)
+        assert _train(cifar_root, out, "--resume") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: cannot resume") and str(final) in err[0], err
+        assert message in err[0], err
+    assert "Traceback" in (out / "log.txt").read_text()  # the traceback went to log.txt
+
+
+def test_an_expected_error_in_ddp_workers_is_one_line(cifar_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(cifar_root, out) == 0
+    capsys.readouterr()
+    assert _train(cifar_root, out, "--resume", "--num-gpus", "2", **{"SOLVER.BASE_LR": 0.5}) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --resume: the config differs"), err

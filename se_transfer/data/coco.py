@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .cifar import DatasetError
-from .common import loader_generator
+from .common import SeededIndex, augmentation_seed, loader_generator, seeded_indices
 
 __all__ = [
     "COCO_2014_TRAIN_PAIR",
@@ -343,8 +343,13 @@ class CocoDetection(Dataset):
         lo, hi = self._offsets[i], self._offsets[i + 1]
         return self._boxes[lo:hi].copy(), self._labels[lo:hi].copy()
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Image (3 x H x W float32 RGB in [0, 1]) and its target dict, after ``transforms``."""
+    def __getitem__(self, i: int | SeededIndex) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Image (3 x H x W float32 RGB in [0, 1]) and its target dict, after ``transforms`` (seeded by a
+        :class:`SeededIndex`, as training samplers give)."""
+        with augmentation_seed(i) as i:
+            return self._get(i)
+
+    def _get(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
@@ -461,10 +466,12 @@ class AspectRatioGroupedBatchSampler(Sampler[list[int]]):
             batches = batches + [batches[j % len(batches)] for j in range(total - len(batches))]
         return batches[:total]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[SeededIndex]]:
         start, self._start_batch = self._start_batch, 0
-        mine = self.epoch_batches(self.epoch)[self.rank :: self.world_size]
-        yield from mine[start:]
+        batches = self.epoch_batches(self.epoch)
+        for b in range(self.rank + start * self.world_size, len(batches), self.world_size):
+            first = b * self.batch_size  # the batch's position in the epoch's global order: seeds its samples
+            yield seeded_indices(batches[b], self.seed, self.epoch, list(range(first, first + len(batches[b]))))
 
     def __len__(self) -> int:
         return self._batches_per_rank

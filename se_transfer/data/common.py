@@ -1,6 +1,10 @@
-"""Pieces the data sets share: the loader generator's seed, and the colours of the generated (fake) data sets."""
+"""Pieces the data sets share: per-sample augmentation seeds, the loader generator's seed, the fake-data colours."""
 
 from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -32,3 +36,47 @@ def loader_generator(seed: int, rank: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(int(np.random.default_rng([seed, rank]).integers(0, 2**62)))
     return generator
+
+
+class SeededIndex(int):
+    """A sample index as training samplers yield it: an int (usable wherever an index is) that also carries the seed
+    of that sample's augmentation (``.seed``)."""
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> SeededIndex:
+        obj = super().__new__(cls, index)
+        obj.seed = int(seed)
+        return obj
+
+    def __reduce__(self) -> tuple:  # to DataLoader workers and back
+        return (SeededIndex, (int(self), self.seed))
+
+    def __repr__(self) -> str:
+        return f"SeededIndex({int(self)}, seed={self.seed})"
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The augmentation seed of the sample at ``position`` of ``epoch``'s global order (all ranks together): the same
+    whichever process, worker or resumed run draws it, so a run resumed mid-epoch augments as an uninterrupted one."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(position)]).generate_state(1, np.uint64)[0])
+
+
+def seeded_indices(indices: list[int], seed: int, epoch: int, positions: list[int]) -> list[SeededIndex]:
+    """``indices`` paired with the seeds of their ``positions`` in the epoch."""
+    return [SeededIndex(int(i), sample_seed(seed, epoch, p)) for i, p in zip(indices, positions)]
+
+
+@contextlib.contextmanager
+def augmentation_seed(index: int | SeededIndex) -> Iterator[int]:
+    """Yield the plain index; for a SeededIndex, Python's ``random`` (which every transform draws from) is seeded with
+    its seed for the duration and restored after, so the caller's own stream is not disturbed."""
+    if not isinstance(index, SeededIndex):
+        yield int(index)
+        return
+    state = random.getstate()
+    random.seed(index.seed)
+    try:
+        yield int(index)
+    finally:
+        random.setstate(state)

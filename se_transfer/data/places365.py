@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .cifar import DatasetError
 from .coco import read_rgb_image
-from .common import FAKE_COLOURS, loader_generator
+from .common import FAKE_COLOURS, SeededIndex, augmentation_seed, loader_generator, sample_seed
 
 __all__ = [
     "PLACES365_NUM_CLASSES",
@@ -325,8 +325,13 @@ class Places365(Dataset):
         """Label of every image, as a new list."""
         return self.labels.tolist()
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        """(transformed image, label) of the i-th image; without a transform the 3 x H x W uint8 RGB tensor."""
+    def __getitem__(self, i: int | SeededIndex) -> tuple[Any, int]:
+        """(transformed image, label) of the i-th image; without a transform the 3 x H x W uint8 RGB tensor. A
+        :class:`SeededIndex` (what training samplers give) seeds the transform."""
+        with augmentation_seed(i) as i:
+            return self._get(i)
+
+    def _get(self, i: int) -> tuple[Any, int]:
         n = len(self)
         if i < 0:
             i += n
@@ -368,9 +373,11 @@ class ResumableDistributedSampler(DistributedSampler):
         super().set_epoch(epoch)
         self._start_index = int(start_index)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[SeededIndex]:
         start, self._start_index = self._start_index, 0
-        return itertools.islice(super().__iter__(), start, None)
+        for k, index in enumerate(itertools.islice(super().__iter__(), start, None), start=start):
+            # this rank's k-th sample is the epoch's (k * num_replicas + rank)-th: its position seeds its augmentation
+            yield SeededIndex(int(index), sample_seed(self.seed, self.epoch, k * self.num_replicas + self.rank))
 
 
 def build_classification_loader(

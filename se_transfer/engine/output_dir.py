@@ -2,8 +2,9 @@
 
 ``claim_output_dir`` is taken by the process that starts a run (before any worker is launched), for training and
 evaluation alike:
-- it holds an exclusive ``flock`` on ``OUTPUT_DIR/.lock``; the kernel drops it when the process ends, however it
-  ends (kill -9 included), so a lock is never stale. A second run on the folder is refused with an error naming the
+- it holds an exclusive POSIX lock (``lockf``) on ``OUTPUT_DIR/.lock``; the kernel drops it when the process ends,
+  however it ends (kill -9 included; forked children such as DataLoader workers do not inherit it), so a lock is
+  never stale. A second run on the folder is refused with an error naming the
   folder and the process that holds it;
 - a new training run (no ``--resume``) on a folder that holds an earlier run (checkpoints, metrics) is refused
   unless ``fresh`` says to start over, which first deletes that run's checkpoints, metrics, events and plots;
@@ -13,6 +14,7 @@ evaluation alike:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -95,8 +97,12 @@ def claim_output_dir(
         raise OutputDirError(f"{key} {folder}: cannot be created or written ({e.strerror or e})") from None
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A POSIX record lock (lockf), not flock: it belongs to this process alone, so DataLoader workers forked
+            # from it do not keep it alive after a kill -9 of the run.
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise OutputDirError(f"{key} {folder}: cannot lock {folder / LOCK_FILE} ({e.strerror or e})") from None
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise OutputDirError(

@@ -4,6 +4,7 @@ Each sample's augmentation is seeded by (SEED, epoch, its position in the epoch)
 resumed run's new workers augment every remaining sample as the uninterrupted run's did.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -94,3 +95,13 @@ def test_places365_with_workers_resumes_bit_exact(tmp_path):
         ])  # fmt: skip
 
     _interrupted_equals_uninterrupted(argv_for, kill_at=3)
+
+
+def test_fault_injection_tool_reports_no_failure(tmp_path, capsys):
+    from se_transfer.faults import fault_inject_main
+
+    assert fault_inject_main(["--tasks", "cifar", "--trials", "2", "--work-dir", str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr().out
+    (result,) = json.loads(out.strip().splitlines()[-1])
+    assert result["task"] == "cifar" and result["failures"] == 0 and result["max_abs_diff"] == 0.0
+    assert result["kills"] >= 1 and "kill -9 at iteration" in out

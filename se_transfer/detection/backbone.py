@@ -120,7 +120,7 @@ def resolve_backbone(
     name = arch or info.model_name
     if name is None:
         raise _fail(f"{weights_key}: {path} holds {describe_architecture(info.arch)}, which no registered model has")
-    mismatch = structure_mismatch(info.arch, name, kwargs)
+    mismatch = structure_mismatch(info.arch, name, kwargs, info.saved_arch)
     if mismatch:
         raise _fail(f"{arch_key}={name!r} contradicts {weights_key}: {path} {mismatch}")
     conflicts = flavour_conflicts(info.flavour, kwargs)

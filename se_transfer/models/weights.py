@@ -430,6 +430,7 @@ class CheckpointInfo:
     flavour: dict[str, Any]
     input_norm: dict[str, Any]
     num_classes: int
+    saved_arch: str | None = None  # the model name our own files record
 
     @property
     def model_name(self) -> str | None:
@@ -480,14 +481,28 @@ def inspect_weights(path: str | os.PathLike) -> CheckpointInfo:
             )
         input_norm = dict(LAYOUT_INPUT_NORM.get(layout, IMAGENET_RGB))
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
-    return CheckpointInfo(str(path), state, layout, arch, flavour, input_norm, num_classes)
+    saved_arch = str(meta["arch"]) if meta and meta.get("arch") else None
+    return CheckpointInfo(str(path), state, layout, arch, flavour, input_norm, num_classes, saved_arch)
 
 
-def structure_mismatch(arch: Mapping[str, Any], name: str, overrides: Mapping[str, Any] | None = None) -> str | None:
-    """Why a network of structure ``arch`` is not model ``name`` (with ``overrides``), or None when it is."""
+def structure_mismatch(
+    arch: Mapping[str, Any], name: str, overrides: Mapping[str, Any] | None = None, saved_arch: str | None = None
+) -> str | None:
+    """Why a network of structure ``arch`` is not model ``name`` (with ``overrides``), or None when it is.
+
+    ``saved_arch``: the model name the file records (our files do); the message then names it and the options it
+    was saved with beyond that model's defaults, rather than a guess from the shapes."""
     requested = {**model_defaults(name), **{k: v for k, v in (overrides or {}).items() if k in STRUCTURE_KEYS}}
     if _same_structure(arch, requested):
         return None
+    if saved_arch and saved_arch in list_models():
+        base, own = _structure(model_defaults(saved_arch)), _structure(arch)
+        extra = {k: list(v) if isinstance(v, tuple) else v for k, v in own.items() if base[k] != v}
+        hint = f" (saved as {saved_arch!r}" + (f" with {extra}" if extra else "")
+        return (
+            f"holds a network with {_describe(arch)}{hint}), which does not match the requested {name!r} "
+            f"({_describe(requested)})"
+        )
     guess = guess_model_name(arch)
     hint = f" (that is {guess!r}" if guess else " (no registered model has that structure"
     hint += f"; {baseline_of(name)!r} is {name!r} without SE)" if baseline_of(name) else ")"
@@ -523,7 +538,7 @@ def build_pretrained(
     info = path if isinstance(path, CheckpointInfo) else inspect_weights(path)
     path = info.path
     arch, flavour = info.arch, info.flavour
-    mismatch = structure_mismatch(arch, name, overrides)
+    mismatch = structure_mismatch(arch, name, overrides, info.saved_arch)
     if mismatch:
         raise _fail(path, mismatch)
     conflicts = flavour_conflicts(flavour, overrides)

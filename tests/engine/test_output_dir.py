@@ -182,3 +182,31 @@ def test_an_expected_error_in_ddp_workers_is_one_line(cifar_root, tmp_path, caps
     assert _train(cifar_root, out, "--resume", "--num-gpus", "2", **{"SOLVER.BASE_LR": 0.5}) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --resume: the config differs"), err
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    import errno
+
+    import se_transfer.engine.checkpoint as ckmod
+
+    model = torch.nn.Linear(2, 2)
+    ck = Checkpointer(tmp_path, model)
+    ck.save("model_0000001", 1)
+    before = (tmp_path / "model_0000001.pth").read_bytes()
+    real_save = torch.save
+
+    def disk_full(obj, f):
+        real_save(obj, f)
+        f.truncate(10)  # a partial file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckmod.torch, "save", disk_full)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(OSError, match="No space left"):
+        ck.save("model_0000002", 2)
+    monkeypatch.undo()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert (tmp_path / "model_0000001.pth").read_bytes() == before
+    assert not (tmp_path / "model_0000002.pth").exists() and not list(tmp_path.glob(".*.tmp*"))
+    assert ck.resume() == 1  # resumable from the last good one

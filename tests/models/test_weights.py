@@ -218,3 +218,15 @@ def test_detectron2_pkl_names_and_values(tmp_path):
     assert not any(k.endswith("num_batches_tracked") for k in weights)
     assert len(weights) == sum(1 for k in sd if not k.endswith("num_batches_tracked"))
     assert data["se_transfer"]["arch_kwargs"]["stride_in_1x1"] is True
+
+
+def test_a_file_of_ours_of_another_architecture_is_named_by_its_metadata(tmp_path):
+    path = save_weights(create_model("se_resnet50", se_stages=(2, 3, 4)), tmp_path / "custom.pth")
+    with pytest.raises(
+        WeightsError, match=r"saved as 'se_resnet50' with \{'se_stages': \[2, 3, 4\]\}\), which does not"
+    ):
+        create_model("se_resnet50", pretrained=path)
+    assert create_model("se_resnet50", pretrained=path, se_stages=(2, 3, 4)).layer4[0].se_variant is None
+    path = save_weights(create_model("se_resnet101"), tmp_path / "r101.pth")
+    with pytest.raises(WeightsError, match=r"saved as 'se_resnet101'\), which does not match the requested 'se_resn"):
+        create_model("se_resnet50", pretrained=path)

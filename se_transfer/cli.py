@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 # The models of the paper's Table 2 (with their baselines), in its order, and the paper's GFLOPs (multiply-adds).
@@ -214,10 +214,45 @@ def error_line(error: BaseException) -> str:
     return "error: " + " ".join(message.split())
 
 
+class WorkerError(Exception):
+    """A worker process ended with an expected failure; the message is its one ``error:`` line."""
+
+
+@contextlib.contextmanager
+def collect_worker_errors() -> Iterator[None]:
+    """Around a launch: workers that fail as expected leave their one line in a folder made here (see
+    ``report_error``) and exit with status 2; that becomes one WorkerError carrying the lowest rank's line."""
+    import shutil
+    import tempfile
+
+    from torch.multiprocessing import ProcessExitedException
+
+    error_dir = tempfile.mkdtemp(prefix="se_transfer_errors_")
+    os.environ[ERROR_DIR_ENV] = error_dir  # spawned workers inherit it
+    try:
+        yield
+    except ProcessExitedException as e:
+        lines = [p.read_text() for p in sorted(Path(error_dir).glob("rank*.txt"))]
+        if e.exit_code == 2 and lines:
+            raise WorkerError(lines[0]) from None
+        raise
+    finally:
+        shutil.rmtree(error_dir, ignore_errors=True)
+        os.environ.pop(ERROR_DIR_ENV, None)
+
+
+def _is_log_file(handler: logging.Handler) -> bool:
+    """Whether ``handler`` writes to an open log.txt (ours is a FileHandler; detectron2's a StreamHandler on it)."""
+    stream = getattr(handler, "stream", None)
+    if stream is None or getattr(stream, "closed", False):
+        return False
+    return isinstance(handler, logging.FileHandler) or Path(str(getattr(stream, "name", ""))).name.startswith("log.txt")
+
+
 def report_error(error: BaseException, rank: int | None = None) -> None:
     """The traceback to the run's log file only (log.txt); the one line on stderr, or, from a worker process
-    (``rank`` given), to the launch's error folder, whence train_main prints the lowest rank's line once."""
-    files = [h for h in logging.getLogger("se_transfer").handlers if isinstance(h, logging.FileHandler)]
+    (``rank`` given), to the launch's error folder, whence the launching process prints the lowest rank's line."""
+    files = [h for h in logging.getLogger("se_transfer").handlers if _is_log_file(h)]
     if files:
         record = logging.LogRecord("se_transfer", logging.ERROR, __file__, 0, "run failed: %s", (error,), None)
         record.exc_info = (type(error), error, error.__traceback__)
@@ -261,21 +296,14 @@ def _run_task(cfg, eval_only: bool, resume: bool, allow_config_change: bool) -> 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of tools/train_net.py."""
-    import shutil
-    import tempfile
-
-    from torch.multiprocessing import ProcessExitedException
-
     from .config import load_config
     from .engine import launch
 
     args = parse_train_args(train_argument_parser(), argv)
-    error_dir = tempfile.mkdtemp(prefix="se_transfer_errors_")
-    os.environ[ERROR_DIR_ENV] = error_dir  # spawned workers inherit it
     try:
         cfg = load_config(args.config_file or None, args.opts)
         device_type = "cpu" if cfg.MODEL.DEVICE == "cpu" else ("cuda" if _cuda_available() else "cpu")
-        with claim_run_folder(cfg.OUTPUT_DIR, args):
+        with claim_run_folder(cfg.OUTPUT_DIR, args), collect_worker_errors():
             launch(
                 _train_worker,
                 args.num_gpus,
@@ -288,15 +316,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     except expected_errors() as e:
         report_error(e)
         return 2
-    except ProcessExitedException as e:
-        lines = [p.read_text() for p in sorted(Path(error_dir).glob("rank*.txt"))]
-        if e.exit_code == 2 and lines:  # a worker failed as expected and said why
-            print(lines[0], file=sys.stderr, flush=True)
-            return 2
-        raise
-    finally:
-        shutil.rmtree(error_dir, ignore_errors=True)
-        os.environ.pop(ERROR_DIR_ENV, None)
+    except WorkerError as e:
+        print(e, file=sys.stderr, flush=True)
+        return 2
     return 0
 
 
@@ -363,8 +385,16 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     device_type = "cpu" if cfgs[0].MODEL.DEVICE == "cpu" else ("cuda" if _cuda_available() else "cpu")
     rows, summary = [], {}
     for cfg in cfgs:
-        launch(_train_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, device_type,
-               (cfg, args.eval_only, args.resume))  # fmt: skip
+        try:
+            with claim_run_folder(cfg.OUTPUT_DIR, args), collect_worker_errors():
+                launch(_train_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url,
+                       device_type, (cfg, args.eval_only, args.resume, args.allow_config_change))  # fmt: skip
+        except expected_errors() as e:
+            report_error(e)
+            return 2
+        except WorkerError as e:
+            print(e, file=sys.stderr, flush=True)
+            return 2
         evals = [r for r in read_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl") if "top1_err" in r]
         last = evals[-1]
         paper = PAPER_ERRORS.get((cfg.MODEL.ARCH, cfg.DATA.DATASET))

@@ -1,3 +1,4 @@
+import logging
 import os
 
 import pytest
@@ -13,3 +14,13 @@ if not torch.cuda.is_available():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_se_transfer_logger():
+    """Each test starts without the handlers an earlier run's setup_logger left (their streams may be closed)."""
+    yield
+    root = logging.getLogger("se_transfer")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()

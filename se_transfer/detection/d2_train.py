@@ -198,14 +198,14 @@ def train_net_d2_main(argv: Sequence[str] | None = None) -> int:
         return 2
     from detectron2.engine import launch
 
-    from ..cli import claim_run_folder, parse_train_args
+    from ..cli import WorkerError, claim_run_folder, collect_worker_errors, parse_train_args
     from ..engine.output_dir import OutputDirError
 
     args = parse_train_args(argument_parser(), argv)
     try:
         cfg = setup_cfg(args)
         check_datasets(cfg, args.eval_only)  # fail here, with one line, before any worker starts
-        with claim_run_folder(cfg.OUTPUT_DIR, args):
+        with claim_run_folder(cfg.OUTPUT_DIR, args), collect_worker_errors():
             launch(
                 _worker,
                 args.num_gpus,
@@ -217,15 +217,25 @@ def train_net_d2_main(argv: Sequence[str] | None = None) -> int:
     except (*_EXPECTED, OutputDirError) as e:
         print(f"train_net_d2: error: {e}", file=sys.stderr)
         return 2
+    except WorkerError as e:
+        print(f"train_net_d2: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _worker(args: Any) -> None:
+    from detectron2.utils import comm
+
+    from ..cli import report_error
+
+    if comm.get_world_size() == 1:  # one process: train_net_d2_main reports what it raises
+        main(args)
+        return
     try:
         main(args)
     except _EXPECTED as e:
-        logger.error("%s", e, exc_info=True)  # the traceback goes to OUTPUT_DIR/log.txt
-        raise UsageError(str(e)) from None
+        report_error(e, comm.get_rank())  # the traceback to log.txt, the line to the launching process
+        sys.exit(2)
 
 
 _EXPECTED = (UsageError, BackboneConfigError, FileNotFoundError, ValueError)

@@ -100,7 +100,7 @@ def test_places365_with_workers_resumes_bit_exact(tmp_path):
 def test_fault_injection_tool_reports_no_failure(tmp_path, capsys):
     from se_transfer.faults import fault_inject_main
 
-    assert fault_inject_main(["--tasks", "cifar", "--trials", "2", "--work-dir", str(tmp_path), "--json"]) == 0
+    assert fault_inject_main(["--tasks", "cifar", "--trials", "1", "--work-dir", str(tmp_path), "--json"]) == 0
     out = capsys.readouterr().out
     (result,) = json.loads(out.strip().splitlines()[-1])
     assert result["task"] == "cifar" and result["failures"] == 0 and result["max_abs_diff"] == 0.0

@@ -297,12 +297,23 @@ def _run_task(cfg, eval_only: bool, resume: bool, allow_config_change: bool) -> 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of tools/train_net.py."""
     from .config import load_config
-    from .engine import launch
 
     args = parse_train_args(train_argument_parser(), argv)
     try:
         cfg = load_config(args.config_file or None, args.opts)
-        device_type = "cpu" if cfg.MODEL.DEVICE == "cpu" else ("cuda" if _cuda_available() else "cpu")
+    except expected_errors() as e:
+        report_error(e)
+        return 2
+    return launch_run(cfg, args)
+
+
+def launch_run(cfg, args: argparse.Namespace) -> int:
+    """One run of ``cfg`` as the command line says (processes, resume, eval-only), holding its OUTPUT_DIR; 0, or 2
+    after one ``error:`` line for an expected failure in this process or a worker."""
+    from .engine import launch
+
+    device_type = "cpu" if cfg.MODEL.DEVICE == "cpu" else ("cuda" if _cuda_available() else "cpu")
+    try:
         with claim_run_folder(cfg.OUTPUT_DIR, args), collect_worker_errors():
             launch(
                 _train_worker,
@@ -355,7 +366,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     """Train a baseline and its SE twin with the same seed and recipe; print their errors beside the paper's."""
     from .classification.cifar import PAPER_ERRORS
     from .config import ConfigError, load_config
-    from .engine import format_table, launch, read_metrics
+    from .engine import format_table, read_metrics
 
     parser = train_argument_parser()
     parser.prog = "compare"
@@ -382,19 +393,11 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    device_type = "cpu" if cfgs[0].MODEL.DEVICE == "cpu" else ("cuda" if _cuda_available() else "cpu")
     rows, summary = [], {}
     for cfg in cfgs:
-        try:
-            with claim_run_folder(cfg.OUTPUT_DIR, args), collect_worker_errors():
-                launch(_train_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url,
-                       device_type, (cfg, args.eval_only, args.resume, args.allow_config_change))  # fmt: skip
-        except expected_errors() as e:
-            report_error(e)
-            return 2
-        except WorkerError as e:
-            print(e, file=sys.stderr, flush=True)
-            return 2
+        status = launch_run(cfg, args)
+        if status:
+            return status
         evals = [r for r in read_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl") if "top1_err" in r]
         last = evals[-1]
         paper = PAPER_ERRORS.get((cfg.MODEL.ARCH, cfg.DATA.DATASET))

@@ -28,6 +28,7 @@ import torch
 from ..models import create_model
 from ..models.factory import RUNTIME_ARGS, model_entry
 from ..models.resnet import STAGE_NAMES, ResNet
+from ..models.se import set_se_impl
 from ..models.weights import (
     IMAGENET_RGB,
     STRUCTURE_KEYS,
@@ -38,7 +39,7 @@ from ..models.weights import (
     flavour_conflicts,
     guess_model_name,
     infer_architecture,
-    inspect_weights,
+    inspect_state,
     read_checkpoint,
     structure_mismatch,
 )
@@ -108,13 +109,13 @@ def resolve_backbone(
     if not os.path.isfile(path):
         raise _fail(f"{weights_key}: file not found: {path}")
     try:
-        state, _ = read_checkpoint(path)
+        state, meta = read_checkpoint(path)
     except WeightsError as e:
         raise _fail(f"{weights_key}: {e}") from None
     if is_detector_state(state):
         return _from_detector(path, state, arch, kwargs, arch_key, kwargs_key)
     try:
-        info = inspect_weights(path)
+        info = inspect_state(path, state, meta)  # the file is read once
     except WeightsError as e:
         raise _fail(f"{weights_key}: {e}") from None
     name = arch or info.model_name
@@ -201,8 +202,6 @@ def build_backbone(
         body = build_pretrained(
             spec.arch, spec.info or spec.path, num_classes=0, overrides={**spec.kwargs, **options}, on_conflict="error"
         )
-        from ..models.se import set_se_impl
-
         body = set_se_impl(body, se_impl)
     else:
         body = create_model(spec.arch, se_impl=se_impl, **spec.kwargs, **options)

@@ -440,7 +440,14 @@ class CheckpointInfo:
 
 def inspect_weights(path: str | os.PathLike) -> CheckpointInfo:
     """Read a weight file, recognise its layout, map its keys to ours and read its structure and flavour."""
-    state, meta = read_checkpoint(path)
+    return inspect_state(path, *read_checkpoint(path))
+
+
+def inspect_state(
+    path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict[str, Any] | None
+) -> CheckpointInfo:
+    """``inspect_weights`` on what ``read_checkpoint(path)`` returned (for callers that have already read it)."""
+    meta = dict(meta) if meta is not None else None
     author = meta.pop(PKL_AUTHOR_KEY, None) if meta is not None else None
     if meta:  # our own file (.pth, .safetensors, or a .pkl in detectron2's names) says what it holds
         layout = FORMAT_NAME

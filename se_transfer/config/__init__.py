@@ -26,6 +26,18 @@ def get_cfg() -> CfgNode:
     return _C.clone()
 
 
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{'SOLVER.BASE_LR': 0.1, ...}: the leaf values of a nested config or mapping by dotted key (an empty node is a
+    leaf, as MODEL.KWARGS can be)."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _all_keys(node: CfgNode, prefix: str = "") -> list[str]:
     keys = []
     for k, v in node.items():

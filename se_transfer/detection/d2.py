@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from ..config import flatten
 from ..engine.checkpoint import atomic_torch_save, atomic_write_text
 from ..models.weights import checkpoint_metadata, read_checkpoint, read_pickle_payload
 from .backbone import BACKBONE_META_KEY, BackboneConfigError, BackboneSpec, build_backbone, is_detector_state
@@ -158,17 +159,9 @@ def explain_merge_error(cfg: Any, error: Exception) -> str:
     if not m:
         return text
     key = m.group(1)
-    close = difflib.get_close_matches(key, _all_keys(cfg), n=2, cutoff=0.8)
+    close = difflib.get_close_matches(key, list(flatten(cfg)), n=2, cutoff=0.8)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return f"unknown config key {key}{hint}"
-
-
-def _all_keys(node: Any, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in node.items():
-        name = f"{prefix}{k}"
-        keys.extend(_all_keys(v, name + ".") if isinstance(v, dict) and v else [name])
-    return keys
 
 
 def input_config(input_norm: Mapping[str, Any]) -> tuple[str, list[float], list[float]]:

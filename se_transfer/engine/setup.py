@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import CfgNode
+from ..config import CfgNode, flatten
 from .distributed import get_rank, get_world_size, init_from_env, launched_by_torchrun
 from .events import setup_logger
 
@@ -94,20 +94,10 @@ RESUME_FREE_KEYS = (
 )
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(old: Any, new: CfgNode) -> list[tuple[str, Any, Any]]:
     """(key, the run's value, the new value) for every key outside RESUME_FREE_KEYS that differs."""
-    a = _flatten(old)
-    b = _flatten(yaml.safe_load(new.dump()))  # the same YAML round trip config.yaml went through
+    a = flatten(old)
+    b = flatten(yaml.safe_load(new.dump()))  # the same YAML round trip config.yaml went through
     changed = []
     for key in sorted(set(a) | set(b)):
         if any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUME_FREE_KEYS):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,12 @@ from torch import nn
 
 from ..config import CfgNode
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
-from ..engine import default_setup, format_table, get_rank, get_world_size, is_main_process
+from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.distributed import all_reduce_sum, synchronize
+from ..engine.events import progress
 from ..engine.runner import record_evaluation, run_training, schedule_from_cfg
-from .model import build_classifier, cross_entropy_loss
+from ..engine.summary import print_summary, summary_rows
+from .model import build_classifier, check_trained_head, cross_entropy_loss
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ def evaluate(model: nn.Module, loader: CifarLoader, amp_dtype: torch.dtype | Non
     was_training = model.training
     model.eval()
     counts = None
-    for images, labels in loader.epoch_iter(0):
+    for images, labels in progress(loader.epoch_iter(0), total=len(loader), desc="evaluating"):
         with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
         k = min(5, logits.shape[1])
@@ -103,11 +106,12 @@ def run(
     test_loader = _loader(cfg, test_set, False, device)
 
     if eval_only:
-        if not cfg.MODEL.WEIGHTS:
-            logger.warning("--eval-only without MODEL.WEIGHTS: evaluating a randomly initialised model")
+        check_trained_head(cfg, model)
+        start = time.perf_counter()
         results = evaluate(model, test_loader, amp_dtype)
+        results["eval_time_s"] = time.perf_counter() - start
         record_evaluation(cfg.OUTPUT_DIR, results)
-        _print_summary(cfg, results, None)
+        _print_summary(cfg, results, eval_only=True)
         return results
 
     train_loader = _loader(cfg, train_set, True, device)
@@ -126,7 +130,7 @@ def run(
         iters_per_epoch=ipe,
         resume=resume,
     )
-    _print_summary(cfg, results, results["start_iter"])
+    _print_summary(cfg, results, eval_only=False)
     return results
 
 
@@ -139,29 +143,15 @@ def _batches(loader: CifarLoader, start_iter: int) -> Iterator[tuple[torch.Tenso
         epoch, start = epoch + 1, 0
 
 
-def _print_summary(cfg: CfgNode, results: dict[str, Any], start_iter: int | None) -> None:
-    if not is_main_process():
-        return
+def _print_summary(cfg: CfgNode, results: dict[str, Any], eval_only: bool) -> None:
     paper = PAPER_ERRORS.get((cfg.MODEL.ARCH, cfg.DATA.DATASET))
-    rows = [
-        ["model", cfg.MODEL.ARCH],
-        ["data set", f"{cfg.DATA.DATASET} ({results.get('num_images', '?')} test images)"],
-        ["top-1 accuracy / error (%)", f"{results['top1']:.2f} / {results['top1_err']:.2f}"],
-        ["top-5 accuracy / error (%)", f"{results['top5']:.2f} / {results['top5_err']:.2f}"],
-        ["paper top-1 error (%)", f"{paper:.2f}" if paper is not None else "-"],
+    metrics = [
+        ("top-1 accuracy / error (%)", f"{results['top1']:.2f} / {results['top1_err']:.2f}"),
+        ("top-5 accuracy / error (%)", f"{results['top5']:.2f} / {results['top5_err']:.2f}"),
+        ("paper top-1 error (%)", f"{paper:.2f} (Tables 4, 5; the full recipe on the real set)" if paper else "-"),
     ]
-    if start_iter is not None:
-        rows.append(
-            [
-                "iterations",
-                f"{results['iterations']} (resumed at {start_iter})" if start_iter else results["iterations"],
-            ]
-        )
-        rows.append(["training time", f"{results['train_time_s']:.1f} s"])
-        for p in results.get("plots", []):
-            rows.append(["plot", p])
-    rows.append(["output", str(Path(cfg.OUTPUT_DIR).resolve())])
-    text = format_table(["summary", ""], rows)
-    print(text, flush=True)
+    data = f"{cfg.DATA.DATASET} at {cfg.DATA.ROOT} ({results.get('num_images', '?')} test images)"
+    rows = summary_rows(cfg, results, data=data, metrics=metrics, eval_only=eval_only)
+    print_summary(f"\n{cfg.MODEL.ARCH} on {cfg.DATA.DATASET}", rows)
     if not math.isfinite(results["top1"]):  # pragma: no cover - evaluate returns finite numbers
         raise RuntimeError("evaluation produced a non-finite accuracy")

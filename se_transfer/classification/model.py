@@ -31,6 +31,24 @@ def build_classifier(cfg: CfgNode, num_classes: int) -> nn.Module:
     )
 
 
+def check_trained_head(cfg: CfgNode, model: nn.Module) -> None:
+    """For --eval-only: refuse a model whose classifier was not trained for this task (no MODEL.WEIGHTS, or weights
+    whose head was re-initialised: ImageNet's 1000 classes for 365 or 10), which would score chance and look like a
+    result."""
+    if not cfg.MODEL.WEIGHTS:
+        raise ConfigError(
+            "--eval-only needs MODEL.WEIGHTS (e.g. OUTPUT_DIR/model_final.pth of a training run): without it a "
+            f"randomly initialised {cfg.MODEL.ARCH} would be evaluated"
+        )
+    source = getattr(model, "pretrained_source", None) or {}
+    if source.get("head_loaded") is False:
+        raise ConfigError(
+            f"--eval-only: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} holds no classifier for these "
+            f"{model.fc.out_features} classes (its head was re-initialised), so a random head would be evaluated; "
+            "pass a checkpoint trained on this data set (OUTPUT_DIR/model_final.pth)"
+        )
+
+
 def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The classification training loss: cross-entropy of ``model(images)`` against the labels."""
     images, labels = batch

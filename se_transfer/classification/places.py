@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ from ..data.places365 import (
     write_fake_places365,
 )
 from ..data.transforms import ClassificationTransform
-from ..engine import default_setup, format_table, get_rank, get_world_size, is_main_process
+from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.distributed import all_gather_object, synchronize
+from ..engine.events import progress
 from ..engine.runner import record_evaluation, run_training, schedule_from_cfg
-from .model import attach_input_normalization, build_classifier, cross_entropy_loss
+from ..engine.summary import print_summary, summary_rows
+from .model import attach_input_normalization, build_classifier, check_trained_head, cross_entropy_loss
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     rows = []
-    for images, labels, idx in loader:
+    for images, labels, idx in progress(loader, total=len(loader), desc="evaluating"):
         images = images.to(device, non_blocking=True)
         if images.ndim == 5:
             n, c = images.shape[:2]
@@ -189,10 +192,14 @@ def run(
     paper = PAPER_ERRORS.get(cfg.MODEL.ARCH)
 
     if eval_only:
+        check_trained_head(cfg, model)
+        start = time.perf_counter()
         results = evaluate(model, val_loader, val_set, device, cfg.OUTPUT_DIR)
+        if is_main_process():
+            results["eval_time_s"] = time.perf_counter() - start
         record_evaluation(cfg.OUTPUT_DIR, results)
         if is_main_process():
-            _print_summary(cfg, results, paper)
+            _print_summary(cfg, results, paper, eval_only=True)
         return results
 
     train_set = _datasets(cfg, train=True)
@@ -225,21 +232,20 @@ def run(
         resume=resume,
     )
     if is_main_process():
-        _print_summary(cfg, results, paper)
+        _print_summary(cfg, results, paper, eval_only=False)
     return results
 
 
-def _print_summary(cfg: CfgNode, results: dict[str, Any], paper: tuple[float, float] | None) -> None:
-    rows = [
-        ["ours", f"{results['top1_err']:.2f}", f"{results['top5_err']:.2f}", f"{results['top1']:.2f}",
-         f"{results['top5']:.2f}"],
-    ]  # fmt: skip
-    if paper:
-        rows.append(["paper (Table 6)", f"{paper[0]:.2f}", f"{paper[1]:.2f}", "-", "-"])
-    print(f"\nPlaces365 val, {cfg.MODEL.ARCH}, {results['num_images']} images"
-          f"{' (10-crop)' if cfg.TEST.TEN_CROP else ' (centre crop)'}")  # fmt: skip
-    print(format_table(["", "top-1 err", "top-5 err", "top-1 acc", "top-5 acc"], rows), flush=True)
-    inference = Path(cfg.OUTPUT_DIR) / "inference"
-    for what, name in (("predictions", "predictions.jsonl"), ("per-class accuracy", "per_class_accuracy.json"),
-                       ("most confused pairs", "confused_pairs.png")):  # fmt: skip
-        print(f"{what}: {inference / name}", flush=True)
+def _print_summary(cfg: CfgNode, results: dict[str, Any], paper: tuple[float, float] | None, eval_only: bool) -> None:
+    metrics = [
+        ("top-1 accuracy / error (%)", f"{results['top1']:.2f} / {results['top1_err']:.2f}"),
+        ("top-5 accuracy / error (%)", f"{results['top5']:.2f} / {results['top5_err']:.2f}"),
+        ("paper top-1 / top-5 error (%)", f"{paper[0]:.2f} / {paper[1]:.2f} (Table 6)" if paper else "-"),
+    ]
+    crop = "10-crop" if cfg.TEST.TEN_CROP else "centre crop"
+    data = f"Places365 val at {cfg.DATA.ROOT} ({results['num_images']} images, {crop})"
+    inference = Path(cfg.OUTPUT_DIR).resolve() / "inference"
+    files = [("predictions", inference / "predictions.jsonl"), ("per-class accuracy", inference /
+             "per_class_accuracy.json"), ("most confused pairs", inference / "confused_pairs.png")]  # fmt: skip
+    rows = summary_rows(cfg, results, data=data, metrics=metrics, files=files, eval_only=eval_only)
+    print_summary(f"\n{cfg.MODEL.ARCH} on Places365", rows)

@@ -304,18 +304,20 @@ class CocoDetection(Dataset):
 
     def _report(self) -> None:
         s = self.stats
-        if s["degenerate_boxes"] or s["crowd_boxes"] or s["images_without_annotations"]:
-            empty = "left out" if self.filter_empty else "kept"
-            logger.warning(
-                "%s: %d images kept; dropped %d degenerate boxes (width or height <= 1 px after clipping), ignored %d "
-                "crowd boxes, %s %d images without usable annotations",
-                self.ann_file,
-                len(self.ids),
-                s["degenerate_boxes"],
-                s["crowd_boxes"],
-                empty,
-                s["images_without_annotations"],
-            )
+        # Crowd boxes and images without objects are normal in COCO (handled as detectron2 does): INFO. Boxes dropped
+        # for being degenerate are a problem of the annotations: WARNING.
+        empty = "left out" if self.filter_empty else "kept"
+        logger.log(
+            logging.WARNING if s["degenerate_boxes"] else logging.INFO,
+            "%s: %d images kept; dropped %d degenerate boxes (width or height <= 1 px after clipping), ignored %d "
+            "crowd boxes, %s %d images without usable annotations",
+            self.ann_file,
+            len(self.ids),
+            s["degenerate_boxes"],
+            s["crowd_boxes"],
+            empty,
+            s["images_without_annotations"],
+        )
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -117,6 +117,7 @@ def build_faster_rcnn(
     )
     model.transform = NormalizingTransform(min_size, max_size, input_norm, resize=resize_inputs)
     model.input_norm = dict(input_norm)
+    model.weights_source = spec.source  # 'detector' (heads trained), 'imagenet' (backbone only) or 'none'
     if spec.source == "detector":
         _load_detector(model, read_checkpoint(spec.path)[0], spec.path)
     return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import CfgNode
+from ..config import CfgNode, ConfigError
 from ..data.coco import (
     CocoDetection,
     build_detection_loader,
@@ -19,9 +20,11 @@ from ..data.coco import (
     write_demo_coco,
 )
 from ..data.transforms import DetectionTransform
-from ..engine import default_setup, format_table, get_rank, get_world_size, is_main_process
+from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.distributed import synchronize
+from ..engine.events import progress
 from ..engine.runner import record_evaluation, run_training
+from ..engine.summary import print_summary, summary_rows
 from ..models.weights import checkpoint_metadata
 from .backbone import BACKBONE_META_KEY
 from .evaluation import COCOEvaluator, format_results_table
@@ -107,7 +110,7 @@ def evaluate(model: nn.Module, loader: Any, evaluator: COCOEvaluator, device: to
     was_training = model.training
     model.eval()
     evaluator.reset()
-    for batch in loader:
+    for batch in progress(loader, total=len(loader), desc="evaluating"):
         images, targets = _to_device(batch, device)
         outputs = model(images)
         # Boxes back to the original image size: the data pipeline resized the images before the model.
@@ -140,10 +143,17 @@ def run(
     paper = PAPER_AP.get(cfg.MODEL.ARCH)
 
     if eval_only:
+        if model.weights_source != "detector":
+            raise ConfigError(
+                f"--eval-only: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS or '(empty)'} holds no trained detector (backbone "
+                "weights only, or none), so randomly initialised RPN and box heads would be evaluated; pass a "
+                "detector checkpoint (OUTPUT_DIR/model_final.pth of a training run)"
+            )
+        start = time.perf_counter()
         results = evaluate(model, test_loader, evaluator, device)
+        results["eval_time_s"] = time.perf_counter() - start
         record_evaluation(cfg.OUTPUT_DIR, results)
-        if is_main_process():
-            print(format_results_table(results, paper), flush=True)
+        _print_summary(cfg, test_set, results, paper, eval_only=True)
         return results
 
     train_set = _datasets(cfg, tuple(cfg.DATASETS.TRAIN), train=True)
@@ -189,10 +199,21 @@ def run(
         # model_final.pth rebuilds the backbone the weights were trained as (eval-only, fine-tuning)
         checkpoint_meta={BACKBONE_META_KEY: checkpoint_metadata(model.backbone.body)},
     )
-    if is_main_process():
-        print(format_results_table({k: v for k, v in results.items() if isinstance(v, float)}, paper), flush=True)
-        rows = [["iterations", results["iterations"]], ["training time", f"{results['train_time_s']:.1f} s"]]
-        rows += [["plot", p] for p in results.get("plots", [])]
-        rows.append(["detections", str(Path(cfg.OUTPUT_DIR) / "inference" / "coco_instances_results.json")])
-        print(format_table(["summary", ""], rows), flush=True)
+    _print_summary(cfg, test_set, results, paper, eval_only=False)
     return results
+
+
+def _print_summary(
+    cfg: CfgNode, test_set: CocoDetection, results: dict[str, Any], paper: dict | None, eval_only: bool
+) -> None:
+    if not is_main_process():
+        return
+    print(format_results_table({k: v for k, v in results.items() if isinstance(v, float)}, paper), flush=True)
+    metrics = [("AP / AP50 / AP75 (%)", " / ".join(f"{results.get(k, float('nan')):.2f}" for k in ("AP", "AP50",
+                "AP75")))]  # fmt: skip
+    if paper:
+        metrics.append(("paper AP / AP50 (%)", f"{paper['AP']:.1f} / {paper['AP50']:.1f} (Table 7, COCO minival)"))
+    data = f"{', '.join(cfg.DATASETS.TEST)} ({len(test_set)} images)"
+    files = [("detections", Path(cfg.OUTPUT_DIR).resolve() / "inference" / "coco_instances_results.json")]
+    rows = summary_rows(cfg, results, data=data, metrics=metrics, files=files, eval_only=eval_only)
+    print_summary(f"\nFaster R-CNN + FPN, {cfg.MODEL.ARCH} backbone", rows)

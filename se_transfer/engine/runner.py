@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -14,9 +15,11 @@ from ..config import CfgNode
 from ..models.weights import checkpoint_metadata
 from .checkpoint import Checkpointer
 from .distributed import is_main_process
-from .events import MetricsWriter, plot_metrics, truncate_metrics
+from .events import MetricsWriter, plot_metrics
 from .solver import build_lr_scheduler, build_optimizer
 from .trainer import CheckpointHook, EvalHook, LoggingHook, LossFn, Trainer
+
+logger = logging.getLogger(__name__)
 
 
 def run_training(
@@ -40,6 +43,7 @@ def run_training(
     Returns the trainer and the final results: the last evaluation plus train_time_s, iterations and plots.
     """
     s = cfg.SOLVER
+    _check_milestones(cfg, steps, max_iter, iters_per_epoch)
     optimizer = build_optimizer(
         model, s.OPTIMIZER, s.BASE_LR, s.MOMENTUM, s.WEIGHT_DECAY, s.NESTEROV, s.BACKBONE_LR_MULTIPLIER
     )
@@ -73,11 +77,8 @@ def run_training(
     elif hasattr(model, "arch_kwargs"):  # registry models: create_model(pretrained=model_final.pth) rebuilds it
         checkpointer.extra_meta = checkpoint_metadata(model)
     start_iter = resume_with_current_solver(checkpointer, optimizer, scheduler) if resume else 0
-    writer = None
-    if is_main_process():
-        # A resumed run rewrites what came after its checkpoint; a fresh run starts a fresh file.
-        truncate_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl", start_iter)
-        writer = MetricsWriter(cfg.OUTPUT_DIR)
+    # A resumed run rewrites what came after its checkpoint; a fresh run starts a fresh file.
+    writer = MetricsWriter(cfg.OUTPUT_DIR, start_iter) if is_main_process() else None
     trainer.register_hooks(
         [
             LoggingHook(cfg.LOG_PERIOD, writer, iters_per_epoch),
@@ -92,12 +93,37 @@ def run_training(
         if writer is not None:
             writer.close()
     results: dict[str, Any] = dict(trainer.last_eval)
-    results["train_time_s"] = time.perf_counter() - t0
+    eval_time = trainer.eval_time
+    results["train_time_s"] = time.perf_counter() - t0 - eval_time
+    results["eval_time_s"] = eval_time
     results["iterations"] = trainer.iter
     results["start_iter"] = start_iter
     if is_main_process():
-        results["plots"] = [str(p) for p in plot_metrics(Path(cfg.OUTPUT_DIR) / "metrics.jsonl", cfg.OUTPUT_DIR)]
+        metrics = Path(cfg.OUTPUT_DIR) / "metrics.jsonl"
+        results["plots"] = [str(p) for p in plot_metrics(metrics, cfg.OUTPUT_DIR, title=run_title(cfg))]
     return trainer, results
+
+
+def run_title(cfg: CfgNode) -> str:
+    """'se_resnet20 on cifar10': the model and training data of a run, for plots and summaries."""
+    data = ", ".join(cfg.DATASETS.TRAIN) if cfg.TASK == "detection" else cfg.DATA.DATASET
+    return f"{cfg.MODEL.ARCH} on {data}"
+
+
+def _check_milestones(cfg: CfgNode, steps: Sequence[int], max_iter: int, iters_per_epoch: int) -> None:
+    """Warn about SOLVER.STEPS milestones the schedule never reaches (they would pass without a word)."""
+    if cfg.SOLVER.LR_SCHEDULER != "multistep":
+        return
+    late = [int(x) for x in steps if x >= max_iter]
+    if late:
+        unit = f"epochs {list(cfg.SOLVER.STEPS)} = iterations {list(steps)}" if cfg.SOLVER.EPOCHS > 0 else list(steps)
+        logger.warning(
+            "SOLVER.STEPS %s: milestone(s) %s are at or past the end of the schedule (%d iterations) and never lower "
+            "the learning rate; shorten SOLVER.STEPS with SOLVER.MAX_ITER / EPOCHS",
+            unit,
+            late,
+            max_iter,
+        )
 
 
 def resume_with_current_solver(checkpointer: Checkpointer, optimizer: Any, scheduler: Any) -> int:
@@ -121,7 +147,7 @@ def resume_with_current_solver(checkpointer: Checkpointer, optimizer: Any, sched
 def record_evaluation(output_dir: str, results: dict[str, Any]) -> None:
     """Append the results of an --eval-only run to OUTPUT_DIR/metrics.jsonl (main process only)."""
     if is_main_process():
-        writer = MetricsWriter(output_dir)
+        writer = MetricsWriter(output_dir, start_iter=None)
         writer.write({"iteration": 0, "eval_only": True, **results})
         writer.close()
 

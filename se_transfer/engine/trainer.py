@@ -82,6 +82,7 @@ class Trainer:
         self.failed: BaseException | None = None
         self.last_losses: dict[str, torch.Tensor] = {}
         self.last_eval: dict[str, float] = {}
+        self.eval_time = 0.0  # seconds spent in evaluations during training (not counted as training time)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         self._checked_iter = 0
 
@@ -183,13 +184,18 @@ class EvalHook(HookBase):
         self.period = period
         self.eval_fn = eval_fn
         self.writer = writer
+        self.total_time = 0.0  # seconds spent evaluating
 
     def _evaluate(self) -> None:
         t = self.trainer
         t.check_finite()
+        start = time.perf_counter()
         results = self.eval_fn()
+        self.total_time += time.perf_counter() - start
+        t.eval_time += time.perf_counter() - start
         t.last_eval = results
-        logger.info("evaluation at iteration %d: %s", t.iter, ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in results.items() if isinstance(v, float))
+        logger.info("evaluation at iteration %d (%.1f s): %s", t.iter, time.perf_counter() - start, shown)
         if self.writer is not None:
             self.writer.write({"iteration": t.iter, **results})
 
@@ -204,8 +210,14 @@ class EvalHook(HookBase):
             self._evaluate()
 
 
+def _eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class LoggingHook(HookBase):
-    """Every ``period`` iterations: checks the loss is finite, writes loss/lr/throughput, updates the progress bar."""
+    """Every ``period`` iterations: checks the loss is finite, writes loss/lr/throughput to metrics.jsonl, updates
+    the progress bar and writes the same line to log.txt (iteration, losses, lr, images/s, ETA)."""
 
     def __init__(self, period: int, writer: MetricsWriter | None, iters_per_epoch: int = 0) -> None:
         self.period = max(1, period)
@@ -215,7 +227,8 @@ class LoggingHook(HookBase):
 
     def before_train(self) -> None:
         t = self.trainer
-        self._t0, self._it0 = time.perf_counter(), t.iter
+        self._t0, self._it0, self._eval0 = time.perf_counter(), t.iter, t.eval_time
+        self._train_time, self._trained = 0.0, 0  # time and iterations of training steps (evaluations excluded)
         self._loss_sum: torch.Tensor | None = None
         self._n = 0
         self.total_time = 0.0
@@ -233,7 +246,7 @@ class LoggingHook(HookBase):
             return
         t.check_finite()
         now = time.perf_counter()
-        elapsed = now - self._t0
+        elapsed = max(now - self._t0 - (t.eval_time - self._eval0), 1e-9)  # evaluations are not training time
         self.total_time += elapsed
         ims = t.ims_per_batch * (t.iter - self._it0) / max(elapsed, 1e-9)
         record = {
@@ -252,7 +265,23 @@ class LoggingHook(HookBase):
         if self.bar is not None:
             self.bar.update(t.iter - self.bar.n)
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.3g}", img_s=f"{ims:.0f}")
-        self._t0, self._it0 = now, t.iter
+        self._train_time += elapsed
+        self._trained += t.iter - self._it0
+        eta = (t.stop_iter - t.iter) * self._train_time / max(1, self._trained)
+        parts = [f"loss {record['loss']:.4f}"]
+        parts += [f"{k} {float(v):.4f}" for k, v in t.last_losses.items() if len(t.last_losses) > 1]
+        logger.info(
+            "iter %d/%d  %s  lr %.4g  %.1f img/s  %.3f s/it  eta %s",
+            t.iter,
+            t.stop_iter,
+            "  ".join(parts),
+            record["lr"],
+            ims,
+            record["time_per_iter"],
+            _eta(eta),
+            extra={"file_only": self.bar is not None},
+        )
+        self._t0, self._it0, self._eval0 = now, t.iter, t.eval_time
         self._loss_sum, self._n = None, 0
         if not math.isfinite(record["loss"]):  # pragma: no cover - check_finite above raises first
             raise NonFiniteLossError(f"non-finite loss at iteration {t.iter}")

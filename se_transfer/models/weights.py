@@ -564,15 +564,17 @@ def build_pretrained(
     kwargs.update(overrides)
     kwargs["num_classes"] = num_classes
     model = build_model(name, kwargs)
-    load_state_dict_checked(model, info.state, path)
+    head_loaded = load_state_dict_checked(model, info.state, path)
     model.input_norm = info.input_norm
-    model.pretrained_source = {"path": str(path), "layout": info.layout}
+    model.pretrained_source = {"path": str(path), "layout": info.layout, "head_loaded": head_loaded}
     logger.info("loaded %s weights (%s layout) from %s", name, info.layout, path)
     return model
 
 
-def load_state_dict_checked(model: ResNet, state: Mapping[str, torch.Tensor], path: str | os.PathLike = "") -> None:
-    """Load a mapped state dict; re-initialise a head of another size, and name any other mismatch in an error."""
+def load_state_dict_checked(model: ResNet, state: Mapping[str, torch.Tensor], path: str | os.PathLike = "") -> bool:
+    """Load a mapped state dict; re-initialise a head of another size, and name any other mismatch in an error.
+
+    Returns whether the model's classifier head came from the checkpoint (False: re-initialised, or no head)."""
     state = dict(state)
     expected = dict(model.state_dict())
     built = {f"layer{i}." for i in range(1, 5) if hasattr(model, f"layer{i}")}
@@ -607,6 +609,7 @@ def load_state_dict_checked(model: ResNet, state: Mapping[str, torch.Tensor], pa
 
     check_fit(expected, state, path, "the model")
     model.load_state_dict(state, strict=False)
+    return "fc.weight" in expected
 
 
 def check_fit(

@@ -103,6 +103,13 @@ def test_cifar100_trains_and_evaluates(cifar_root, tmp_path):
     assert _weights(out / "model_final.pth")["fc.weight"].shape[0] == 100
 
 
+def test_eval_only_without_weights_is_refused(cifar_root, tmp_path, capsys):
+    assert train_main(["--eval-only", *_opts(cifar_root, tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --eval-only needs MODEL.WEIGHTS") and "\n" not in err, err
+    assert not (tmp_path / "ev" / "metrics.jsonl").exists()
+
+
 def test_a_small_se_model_learns_the_generated_set(cifar_root, tmp_path):
     out = tmp_path / "learn"
     opts = _opts(cifar_root, out, **{"SOLVER.MAX_ITER": 120, "SOLVER.BASE_LR": 0.1, "SOLVER.WARMUP_ITERS": 10,

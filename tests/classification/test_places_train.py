@@ -16,7 +16,7 @@ CATEGORIES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "p
 
 
 @pytest.mark.skipif(not CATEGORIES.is_file(), reason="../shared/data/places365 is absent")
-def test_places365_finetunes_and_eval_only_reproduces(tmp_path):
+def test_places365_finetunes_and_eval_only_reproduces(tmp_path, capsys):
     root = tmp_path / "places"
     write_fake_places365(root, classes_file=CATEGORIES, per_class_train=1, per_class_val=1, image_size=(72, 96))
     src = create_model("se_resnet18")
@@ -48,3 +48,9 @@ def test_places365_finetunes_and_eval_only_reproduces(tmp_path):
     assert train_main(argv) == 0
     again = [r for r in read_metrics(ev / "metrics.jsonl") if "top1" in r][-1]
     assert (again["top1"], again["top5"]) == (final["top1"], final["top5"])
+
+    # ImageNet weights (a 1000-class head) cannot be evaluated on Places365: the 365-class head would be random.
+    argv[argv.index("MODEL.WEIGHTS") + 1] = str(weights)
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"MODEL.WEIGHTS {weights} holds no classifier for these 365 classes" in err, err

@@ -10,7 +10,7 @@ import torch
 from se_transfer.cli import train_main
 from se_transfer.detection.model import NormalizingTransform, build_faster_rcnn
 from se_transfer.engine import read_metrics
-from se_transfer.models import CAFFE_BGR, IMAGENET_RGB, WeightsError
+from se_transfer.models import CAFFE_BGR, IMAGENET_RGB, WeightsError, create_model, save_weights
 from tests.helpers import randomize_batchnorm
 
 COCO_TINY = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco_tiny"
@@ -115,7 +115,7 @@ def test_short_train_and_eval_on_real_coco_images(tmp_path):
     assert (out / "model_final.pth").is_file() and (out / "config.yaml").is_file()
 
 
-def test_generated_shapes_demo_reaches_ap50_of_50(tmp_path):
+def test_generated_shapes_demo_reaches_ap50_of_50(tmp_path, capsys):
     # The README's detection default (configs/quick/coco_demo.yaml), shortened: 100 iterations of 4 images at 128 px.
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "demo"
@@ -130,3 +130,19 @@ def test_generated_shapes_demo_reaches_ap50_of_50(tmp_path):
     assert losses[-1] < losses[0]
     assert (out / "inference" / "coco_instances_results.json").is_file()
     assert (out / "ap.png").is_file() and (out / "loss.png").is_file()
+    printed = capsys.readouterr().out
+    assert "AP / AP50 / AP75 (%)" in printed and "coco_demo_val (50 images)" in printed
+    assert "summary" in (out / "log.txt").read_text() and "] iter 100/100" in (out / "log.txt").read_text()
+
+    # --eval-only of backbone-only (ImageNet) weights would score random heads: refused, naming the file.
+    backbone = tmp_path / "imagenet_se_resnet18.pth"
+    save_weights(create_model("se_resnet18"), backbone)
+    argv = ["--eval-only", "--config-file", str(root / "configs/quick/coco_demo.yaml"), "DATA.ROOT",
+            str(tmp_path / "data"), "OUTPUT_DIR", str(tmp_path / "ev"), "MODEL.WEIGHTS", str(backbone)]  # fmt: skip
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --eval-only: MODEL.WEIGHTS " + str(backbone)), err
+    assert "holds no trained detector" in err[0]
+    argv[-1] = str(out / "model_final.pth")  # the trained detector is evaluated
+    assert train_main(argv) == 0
+    assert f"weights (MODEL.WEIGHTS)  {out / 'model_final.pth'}" in capsys.readouterr().out

@@ -30,12 +30,18 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "se-complexity=se_transfer.cli:complexity_main",
-            "se-convert-weights=se_transfer.cli:convert_weights_main",
             "se-train=se_transfer.cli:train_main",
-            "se-eval-coco=se_transfer.detection.evaluation:eval_coco_main",
-            "se-visualize-coco=se_transfer.detection.visualize:visualize_main",
-            "se-benchmark=se_transfer.benchmark:benchmark_main",
+            "se-train-d2=se_transfer.cli:train_net_d2_main",
+            "se-compare=se_transfer.cli:compare_main",
+            "se-eval-coco=se_transfer.cli:eval_coco_main",
+            "se-visualize-coco=se_transfer.cli:visualize_main",
+            "se-convert-weights=se_transfer.cli:convert_weights_main",
+            "se-complexity=se_transfer.cli:complexity_main",
+            "se-list-models=se_transfer.cli:list_models_main",
+            "se-benchmark=se_transfer.cli:benchmark_main",
+            "se-benchmark-cifar=se_transfer.cli:benchmark_cifar_main",
+            "se-benchmark-places-input=se_transfer.cli:benchmark_places_main",
+            "se-fault-inject=se_transfer.cli:fault_inject_main",
         ]
     },
 )

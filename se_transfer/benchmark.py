@@ -15,7 +15,6 @@ device, so only the network is measured.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -30,7 +29,7 @@ from torch import nn
 from .engine.events import format_table
 from .models import create_model
 from .models.factory import model_entry
-from .models.se import SE_IMPLS, set_se_impl
+from .models.se import set_se_impl
 
 MODES = ("train", "inference")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
@@ -284,34 +283,12 @@ def format_record(record: dict[str, Any]) -> str:
     return head + "\n" + table
 
 
-def benchmark_main(argv: Sequence[str] | None = None) -> int:
-    """Command line of tools/benchmark.py."""
-    p = argparse.ArgumentParser(prog="benchmark", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="se_resnet50", help="registered model to time (default: se_resnet50)")
-    p.add_argument("--baseline", default="resnet50", help="registered model to compare with (default: resnet50)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    p.add_argument("--batch-size", type=int, default=None, help="default: 256 on CUDA, 1 on the CPU")
-    p.add_argument("--mode", choices=("train", "inference", "both"), default="both")
-    p.add_argument("--amp", choices=tuple(AMP_DTYPES), default=None, help="default: bf16 on CUDA, none on the CPU")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile every network (same mode for all)")
-    p.add_argument("--compile-mode", default="default", help="torch.compile mode with --compile (default: default)")
-    p.add_argument("--se-impl", choices=SE_IMPLS, default="auto", help="how the model's SE blocks run")
-    peer = p.add_mutually_exclusive_group()
-    peer.add_argument("--peer", default=None, help="timm model timed as a peer (default: timm's version of --model)")
-    peer.add_argument("--no-peer", action="store_true", help="do not time a timm peer")
-    p.add_argument("--warmup", type=int, default=None, help="untimed iterations per network (default: 10 CUDA, 3 CPU)")
-    p.add_argument("--iters", type=int, default=None, help="iterations per timed round (default: 10 CUDA, 2 CPU)")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds per network (default: 7 CUDA, 30 CPU)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--json", action="store_true", help="print the record as one JSON line at the end")
-    args = p.parse_args(argv)
+def benchmark_command(args: Any) -> int:
+    """The body of tools/benchmark.py on its parsed arguments (see se_transfer.cli.tools.benchmark_main)."""
+    from .cli.args import resolve_device
+    from .cli.errors import UsageError
 
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available")
-    device = torch.device(args.device)
+    device = torch.device(resolve_device(args.device))
     cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -322,15 +299,15 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     batch_size = pick(args.batch_size, 256, 1)
     warmup, iters, rounds = pick(args.warmup, 10, 3), pick(args.iters, 10, 2), pick(args.rounds, 7, 30)
     if batch_size < 1 or iters < 1 or rounds < 1 or warmup < 0:
-        p.error("--batch-size, --iters and --rounds must be >= 1 and --warmup >= 0")
+        raise UsageError("--batch-size, --iters and --rounds must be >= 1 and --warmup >= 0")
     peer_name = None if args.no_peer else (args.peer or default_peer(args.model))
     if args.peer:
         try:
             import timm
         except ImportError:
-            p.error("--peer needs timm (pip install timm)")
+            raise UsageError("--peer needs timm (pip install timm)") from None
         if not timm.is_model(args.peer):
-            p.error(f"--peer: timm has no model {args.peer!r}")
+            raise UsageError(f"--peer: timm has no model {args.peer!r}")
     record = run_benchmark(
         args.model,
         args.baseline,

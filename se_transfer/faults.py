@@ -9,7 +9,6 @@ kill, then trials, failures and the largest absolute weight difference per task,
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -20,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("cifar", "detection", "places")
@@ -131,15 +131,8 @@ def run_task(task: str, trials: int, work: Path, rng: random.Random) -> dict:
     return {"task": task, "trials": trials, "kills": kills, "failures": int(diff != 0.0), "max_abs_diff": diff}
 
 
-def fault_inject_main(argv: Sequence[str] | None = None) -> int:
-    """Parse the arguments, run every task asked for, print the summary (and JSON with --json)."""
-    p = argparse.ArgumentParser(prog="fault_inject", description=__doc__.split("\n\n")[1].replace("\n", " "))
-    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="which tasks to run (default: all)")
-    p.add_argument("--trials", type=int, default=5, help="kill -9 + resume cycles per task (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
-    p.add_argument("--work-dir", type=Path, default=None, help="where runs and data go (default: a temporary folder)")
-    p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
-    args = p.parse_args(argv)
+def fault_inject_command(args: Any) -> int:
+    """The body of tools/fault_inject.py on its parsed arguments (see se_transfer.cli.tools)."""
     rng = random.Random(args.seed)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="se_transfer_faults_"))
     results = []

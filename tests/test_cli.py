@@ -34,8 +34,7 @@ def test_complexity_script_and_unknown_model():
     )
     assert run.returncode == 0, run.stderr
     assert "se_resnet50" in run.stdout and "160x160" in run.stdout
-    with pytest.raises(SystemExit):
-        complexity_main(["--model", "se_resnet55"])
+    assert complexity_main(["--model", "se_resnet55"]) == 2
 
 
 def test_convert_weights_recognises_the_model_and_writes_every_format(tmp_path, capsys):
@@ -78,3 +77,84 @@ def test_options_are_read_anywhere_also_after_the_overrides():
     )  # fmt: skip
     assert args.eval_only and args.num_gpus == 2 and args.dist_url == "tcp://h:1" and args.config_file == "c.yaml"
     assert args.opts == ["SOLVER.MAX_ITER", "10", "MODEL.DEVICE", "cpu", "SOLVER.BASE_LR", "-0.5"]
+
+
+TOOLS = sorted(p.name for p in (ROOT / "tools").glob("*.py") if p.name != "train_net_d2.py")
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_help_is_instant_it_imports_no_torch(tool):
+    # detectron2's train_net_d2.py keeps detectron2's own parser (which imports torch); every other tool parses first.
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{tool!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'tools' / tool)!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch imported before parsing'\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0 and run.stdout.endswith("ok\n"), run.stderr[-2000:]
+    assert "usage:" in run.stdout and "options:" in run.stdout
+
+
+def test_the_shared_choices_are_the_librarys():
+    from se_transfer.benchmark import AMP_DTYPES
+    from se_transfer.classification.benchmark import MODES
+    from se_transfer.cli import args
+    from se_transfer.models.se import SE_IMPLS
+
+    assert args.SE_IMPL_CHOICES == tuple(SE_IMPLS) and set(args.AMP_CHOICES) == set(AMP_DTYPES)
+    assert set(MODES) == {"eager", "compiled", "cudagraphs"}
+
+
+@pytest.mark.parametrize(
+    "main, argv, message",
+    [
+        ("benchmark_main", ["--model", "se_resnt50", "--device", "cpu"], "error: Unknown model 'se_resnt50'"),
+        ("benchmark_places_main", ["--root", "/nope"], "error: --root: Places365 root not found: /nope"),
+        ("benchmark_cifar_main", ["--model", "resnet20", "--device", "cuda:x"], None),
+        ("eval_coco_main", ["--gt", "/nope/gt.json", "--dets", "/nope/d.json"],
+         "error: ground-truth file not found: /nope/gt.json"),
+        ("visualize_main", ["--gt", "g", "--dets", "d", "--image-dir", "/nope", "--out", "o"],
+         "error: --image-dir: image folder not found: /nope"),
+        ("convert_weights_main", ["/nope/w.pth", "out.pth"], "error: weight file not found: /nope/w.pth"),
+        ("complexity_main", ["--model", "se_resnet55"], "error: Unknown model 'se_resnet55'"),
+    ],
+)  # fmt: skip
+def test_every_tool_fails_with_one_error_line(main, argv, message, capsys):
+    import se_transfer.cli as cli
+
+    if message is None:  # argparse's own refusal of a malformed value: usage, then one error line, status 2
+        with pytest.raises(SystemExit) as e:
+            getattr(cli, main)(argv)
+        assert e.value.code == 2 and "is not one of auto, cpu, cuda, cuda:N" in capsys.readouterr().err
+        return
+    assert getattr(cli, main)(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_compare_with_missing_data_is_one_line_naming_data_root(tmp_path, capsys):
+    from se_transfer.cli import compare_main
+
+    argv = ["--config-file", str(ROOT / "configs/cifar/resnet110_cifar10.yaml"), "DATA.ROOT", str(tmp_path / "none"),
+            "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.DEVICE", "cpu"]  # fmt: skip
+    assert compare_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: DATA.ROOT {tmp_path / 'none'}: missing folder") and err.count("\n") == 1, err
+
+
+def test_list_models_filters_by_family_pattern_and_se(capsys):
+    from se_transfer.cli import list_models_main
+    from se_transfer.models import list_models
+
+    assert list_models("se_resnet*", family="cifar") == ["se_resnet110", "se_resnet20"]
+    assert "resnet50" in list_models(family="imagenet", se=False) and "senet154" in list_models(se=True)
+    assert not set(list_models(family="cifar")) & set(list_models(family="imagenet"))
+    assert list_models_main(["--family", "imagenet", "--se", "se_resnext*", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["model"] for r in rows] == ["se_resnext101_32x4d", "se_resnext50_32x4d"]
+    assert rows[0] == {"model": "se_resnext101_32x4d", "family": "imagenet", "se": True, "baseline": "resnext101_32x4d"}

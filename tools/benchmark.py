@@ -3,7 +3,7 @@
 
 import sys
 
-from se_transfer.benchmark import benchmark_main
+from se_transfer.cli import benchmark_main
 
 if __name__ == "__main__":
     sys.exit(benchmark_main())

@@ -3,7 +3,7 @@
 
 import sys
 
-from se_transfer.classification.benchmark import benchmark_cifar_main
+from se_transfer.cli import benchmark_cifar_main
 
 if __name__ == "__main__":
     sys.exit(benchmark_cifar_main())

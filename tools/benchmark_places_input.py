@@ -3,7 +3,7 @@
 
 import sys
 
-from se_transfer.classification.places_benchmark import benchmark_places_main
+from se_transfer.cli import benchmark_places_main
 
 if __name__ == "__main__":
     sys.exit(benchmark_places_main())

@@ -3,7 +3,7 @@
 
 import sys
 
-from se_transfer.detection.evaluation import eval_coco_main
+from se_transfer.cli import eval_coco_main
 
 if __name__ == "__main__":
     sys.exit(eval_coco_main())

@@ -3,7 +3,7 @@
 
 import sys
 
-from se_transfer.faults import fault_inject_main
+from se_transfer.cli import fault_inject_main
 
 if __name__ == "__main__":
     sys.exit(fault_inject_main())

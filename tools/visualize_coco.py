@@ -3,7 +3,7 @@
 
 import sys
 
-from se_transfer.detection.visualize import visualize_main
+from se_transfer.cli import visualize_main
 
 if __name__ == "__main__":
     sys.exit(visualize_main())

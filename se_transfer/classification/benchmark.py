@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +15,6 @@ from ..benchmark import device_name, sync_device
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader
 from ..engine.events import format_table
 from ..models import create_model
-from ..models.se import SE_IMPLS
 
 MODES = {"eager": None, "compiled": "default", "cudagraphs": "reduce-overhead"}
 
@@ -105,39 +104,27 @@ def _take(loader: CifarLoader, k: int, epoch: int = 0):
             yield next(it)
 
 
-def benchmark_cifar_main(argv: Sequence[str] | None = None) -> int:
-    """Command line of tools/benchmark_cifar.py."""
-    p = argparse.ArgumentParser(prog="benchmark_cifar", description=__doc__)
-    p.add_argument("--models", nargs="+", default=["resnet110", "se_resnet110"])
-    p.add_argument("--modes", nargs="+", choices=list(MODES), default=None, help="default: all on CUDA, eager on CPU")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=50, help="timed steps per window")
-    p.add_argument("--warmup", type=int, default=15)
-    p.add_argument("--rounds", type=int, default=5, help="timed windows per model (median taken)")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="default: bf16 on CUDA, none on CPU")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--se-impl", choices=SE_IMPLS, default="auto", help="how SE blocks run (auto: fused on CUDA)")
-    p.add_argument("--json", action="store_true", help="print a last line of JSON")
-    args = p.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
+def benchmark_cifar_command(args: Any) -> int:
+    """The body of tools/benchmark_cifar.py on its parsed arguments (see se_transfer.cli.tools)."""
+    from ..cli.args import resolve_device
+
+    device = torch.device(resolve_device(args.device))
+    models = list(args.model)
     modes = args.modes or (list(MODES) if device.type == "cuda" else ["eager"])
     amp = args.amp or ("bf16" if device.type == "cuda" else "none")
     results = benchmark(
-        args.models,
+        models,
         modes,
         device,
         args.batch_size,
-        args.steps,
+        args.iters,
         args.warmup,
         args.rounds,
         amp,
         args.channels_last,
         args.se_impl,
     )
-    base = {r["mode"]: r["ims_per_sec"] for r in results if r["model"] == args.models[0]}
+    base = {r["mode"]: r["ims_per_sec"] for r in results if r["model"] == models[0]}
     for r in results:
         r["ratio_to_first"] = r["ims_per_sec"] / base[r["mode"]]
     name = device_name(device)
@@ -146,7 +133,7 @@ def benchmark_cifar_main(argv: Sequence[str] | None = None) -> int:
         f"se_impl {args.se_impl}, {name}"
     )
     rows = [[r["model"], r["mode"], f"{r['ims_per_sec']:.0f}", f"{r['ratio_to_first']:.2f}x"] for r in results]
-    print(format_table(["model", "mode", "images/s", f"vs {args.models[0]}"], rows))
+    print(format_table(["model", "mode", "images/s", f"vs {models[0]}"], rows))
     if args.json:
         record = {"device": name, "batch_size": args.batch_size, "amp": amp, "se_impl": args.se_impl}
         print(json.dumps({**record, "results": results}))

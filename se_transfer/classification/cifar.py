@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import CfgNode
+from ..config import CfgNode, config_key
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.distributed import all_reduce_sum, synchronize
@@ -53,7 +53,8 @@ def load_data(cfg: CfgNode) -> tuple[CifarData, CifarData]:
             logger.info("DATA.GENERATE_DEMO: writing a generated %s set to %s", cfg.DATA.DATASET, root)
             write_fake_cifar(root, cfg.DATA.DATASET, seed=cfg.SEED)
     synchronize()
-    return load_cifar(root, cfg.DATA.DATASET, "train"), load_cifar(root, cfg.DATA.DATASET, "test")
+    with config_key("DATA.ROOT", root):
+        return load_cifar(root, cfg.DATA.DATASET, "train"), load_cifar(root, cfg.DATA.DATASET, "test")
 
 
 def _loader(cfg: CfgNode, data: CifarData, train: bool, device: torch.device) -> CifarLoader:
@@ -99,7 +100,8 @@ def run(
     """Train (or with ``eval_only`` just evaluate) a CIFAR classifier as ``cfg`` says; return the final metrics."""
     cfg, device = default_setup(cfg, resume and not eval_only, allow_config_change)
     train_set, test_set = load_data(cfg)
-    model = build_classifier(cfg, train_set.num_classes).to(device)
+    with config_key("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
+        model = build_classifier(cfg, train_set.num_classes).to(device)
     if cfg.MODEL.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.SOLVER.AMP]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import CfgNode
+from ..config import CfgNode, config_key
 from ..data.coco import InferenceBatchSampler
 from ..data.places365 import (
     Places365,
@@ -66,9 +66,10 @@ def _datasets(cfg: CfgNode, train: bool) -> Places365:
         ten_crop=cfg.TEST.TEN_CROP and not train,
     )
     split = cfg.DATA.TRAIN_SPLIT if train else "val"
-    return Places365(
-        root, split, small=cfg.DATA.SMALL, transform=transform, skip_missing=cfg.DATALOADER.SKIP_MISSING_IMAGES
-    )
+    with config_key("DATA.ROOT", root):
+        return Places365(
+            root, split, small=cfg.DATA.SMALL, transform=transform, skip_missing=cfg.DATALOADER.SKIP_MISSING_IMAGES
+        )
 
 
 def _eval_loader(cfg: CfgNode, dataset: Places365) -> DataLoader:
@@ -185,7 +186,8 @@ def run(
             "fine-tune from ImageNet, pass the weights (any public layout) with MODEL.WEIGHTS",
             cfg.MODEL.ARCH,
         )
-    model = attach_input_normalization(build_classifier(cfg, len(val_set.classes))).to(device)
+    with config_key("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
+        model = attach_input_normalization(build_classifier(cfg, len(val_set.classes))).to(device)
     if cfg.MODEL.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     val_loader = _eval_loader(cfg, val_set)

@@ -8,13 +8,11 @@ per process, i.e. per rank: with several GPUs on one host each rank runs its own
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import statistics
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,26 +58,11 @@ def benchmark_model_step(
     }
 
 
-def benchmark_places_main(argv: Sequence[str] | None = None) -> int:
-    """Command line of tools/benchmark_places_input.py."""
-    p = argparse.ArgumentParser(prog="benchmark_places_input", description=__doc__)
-    p.add_argument("--root", default=None, help="Places365 root (default: a generated fake tree in a temp dir)")
-    p.add_argument("--split", default="train-standard", choices=("train-standard", "train-challenge", "val"))
-    p.add_argument("--large", action="store_true", help="read the large image folders instead of the 256 ones")
-    p.add_argument("--fake-images", type=int, default=2000, help="images of the generated tree (256 x 341 JPEGs)")
-    p.add_argument("--batch-size", type=int, default=64, help="input-pipeline batch size")
-    p.add_argument("--batches", type=int, default=20, help="timed input-pipeline batches per worker count")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4], help="DataLoader worker counts to try")
-    p.add_argument("--model", default="se_resnet152", help="model of the training step ('none' to skip)")
-    p.add_argument("--model-batch", type=int, default=16, help="training-step batch size")
-    p.add_argument("--model-steps", type=int, default=5, help="timed training steps (median taken)")
-    p.add_argument("--model-warmup", type=int, default=2, help="untimed training steps first")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="default: bf16 on CUDA, none on CPU")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--json", action="store_true", help="print a last line of JSON")
-    args = p.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+def benchmark_places_command(args: Any) -> int:
+    """The body of tools/benchmark_places_input.py on its parsed arguments (see se_transfer.cli.tools)."""
+    from ..cli.args import resolve_device
+
+    device = torch.device(resolve_device(args.device))
     amp = args.amp or ("bf16" if device.type == "cuda" else "none")
 
     with contextlib.ExitStack() as stack:
@@ -119,7 +102,7 @@ def benchmark_places_main(argv: Sequence[str] | None = None) -> int:
             args.model,
             args.model_batch,
             device,
-            steps=args.model_steps,
+            steps=args.model_iters,
             warmup=args.model_warmup,
             amp=amp,
             channels_last=args.channels_last,

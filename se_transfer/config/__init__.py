@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,27 @@ __all__ = ["CfgNode", "ConfigError", "get_cfg", "load_config", "merge_file", "me
 
 class ConfigError(ValueError):
     """A config file or override that cannot be applied (unknown key, wrong type, unreadable file)."""
+
+
+@contextlib.contextmanager
+def config_key(key: str, value: Any) -> Iterator[None]:
+    """Errors about files and data raised inside name the config key that set the path: ``DATA.ROOT /x: ...``.
+
+    The error keeps its type (so the command line still reports it as one ``error:`` line); its message gains the
+    key and value in front, once."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        prefix = f"{key} {value}: "
+        message = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror or e}"
+        if not value or message.startswith(prefix) or key in message:
+            raise
+        message = f"{key} {message}" if message.startswith(f"{value}:") else prefix + message
+        try:
+            new = type(e)(message)
+        except Exception:  # an exception type with another constructor: leave it as it was
+            raise e from None
+        raise new from e
 
 
 def get_cfg() -> CfgNode:

@@ -1,6 +1,6 @@
 """Data sets and batched augmentations: CIFAR-10/100 reading, fake-data writing and a device-resident loader."""
 
-from .cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, DatasetError, load_cifar, write_fake_cifar
+from .cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
 from .coco import (
     COCO_2014_TRAIN_PAIR,
     COCO_DATASETS,
@@ -15,6 +15,7 @@ from .coco import (
     resolve_coco_datasets,
     write_demo_coco,
 )
+from .common import DatasetError
 from .places365 import (
     PLACES365_NUM_CLASSES,
     PLACES365_SPLITS,

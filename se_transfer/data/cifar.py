@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common import FAKE_COLOURS
+from .common import FAKE_COLOURS, DatasetError
 from .transforms import apply_crop_flip, apply_cutout, normalize, sample_crop_flip, sample_cutout
 
 __all__ = [
@@ -52,10 +52,6 @@ CIFAR_STD: dict[str, tuple[float, float, float]] = {
 
 _IMAGE_SIZE = 32
 _ROW_LENGTH = 3 * _IMAGE_SIZE * _IMAGE_SIZE
-
-
-class DatasetError(ValueError):
-    """A data set on disk is missing, unreadable or not in the expected layout."""
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .cifar import DatasetError
-from .common import SeededIndex, augmentation_seed, loader_generator, seeded_indices
+from .common import DatasetError, SeededIndex, augmentation_seed, loader_generator, seeded_indices
 
 __all__ = [
     "COCO_2014_TRAIN_PAIR",

@@ -1,4 +1,4 @@
-"""Pieces the data sets share: per-sample augmentation seeds, the loader generator's seed, the fake-data colours."""
+"""Pieces the data sets share: DatasetError, per-sample augmentation seeds, the loader seed, the fake-data colours."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+
+
+class DatasetError(ValueError):
+    """A data set on disk is missing, unreadable or not in the expected layout (every data set raises it)."""
+
 
 # Ten well-separated foreground colours (R, G, B) for generated images.
 FAKE_COLOURS = np.array(

@@ -32,9 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .cifar import DatasetError
 from .coco import read_rgb_image
-from .common import FAKE_COLOURS, SeededIndex, augmentation_seed, loader_generator, sample_seed
+from .common import FAKE_COLOURS, DatasetError, SeededIndex, augmentation_seed, loader_generator, sample_seed
 
 __all__ = [
     "PLACES365_NUM_CLASSES",

@@ -5,13 +5,11 @@ Numbers are reported in percent (pycocotools' stats times 100), as detectron2 an
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import numbers
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -253,23 +251,11 @@ def format_results_table(
     return format_table(["", *TABLE_STAT_NAMES], rows)
 
 
-def eval_coco_main(argv: Sequence[str] | None = None) -> int:
-    """Evaluate a COCO box results JSON against a ground-truth JSON and print the 12 COCO stats."""
-    parser = argparse.ArgumentParser(
-        prog="eval_coco",
-        description="COCO box evaluation (pycocotools) of a results JSON; prints the summary and AP table (percent).",
-    )
-    parser.add_argument("--gt", required=True, help="ground-truth annotations, e.g. instances_val2017.json")
-    parser.add_argument("--dets", required=True, help="results: a JSON list of {image_id, category_id, bbox, score}")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line of AP, AP50, AP75, APs, APm, APl")
-    args = parser.parse_args(argv)
-    try:
-        coco_gt = load_coco_gt(args.gt)
-        dets = load_detections(args.dets)
-        stats = evaluate_coco_json(coco_gt, dets)
-    except (OSError, ValueError) as e:
-        print(f"eval_coco: error: {e}", file=sys.stderr)
-        return 2
+def eval_coco_command(args: Any) -> int:
+    """The body of tools/eval_coco.py on its parsed arguments (see se_transfer.cli.tools)."""
+    coco_gt = load_coco_gt(args.gt)
+    dets = load_detections(args.dets)
+    stats = evaluate_coco_json(coco_gt, dets)
     print()
     print(format_results_table(stats))
     if args.json:

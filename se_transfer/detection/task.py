@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import CfgNode, ConfigError
+from ..config import CfgNode, ConfigError, config_key
 from ..data.coco import (
     CocoDetection,
     build_detection_loader,
@@ -47,7 +47,8 @@ def _datasets(cfg: CfgNode, names: tuple[str, ...], train: bool) -> CocoDetectio
         logger.info("DATA.GENERATE_DEMO: writing a generated COCO-format shapes set to %s", root)
         write_demo_coco(root, seed=cfg.SEED)
     synchronize()
-    entries = resolve_coco_datasets(root, names)
+    with config_key("DATA.ROOT", root):
+        entries = resolve_coco_datasets(root, names)
     if len(entries) != 1:
         raise ValueError(
             f"DATASETS.{'TRAIN' if train else 'TEST'}: one data set (or the minival pair) is supported, got {names}"
@@ -60,13 +61,14 @@ def _datasets(cfg: CfgNode, names: tuple[str, ...], train: bool) -> CocoDetectio
         flip_prob=i.FLIP_PROB if train else 0.0,
         train=train,
     )
-    return CocoDetection(
-        image_dir,
-        ann_file,
-        transforms=transform,
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS if train else False,
-        skip_missing=cfg.DATALOADER.SKIP_MISSING_IMAGES,
-    )
+    with config_key("DATA.ROOT", root):
+        return CocoDetection(
+            image_dir,
+            ann_file,
+            transforms=transform,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS if train else False,
+            skip_missing=cfg.DATALOADER.SKIP_MISSING_IMAGES,
+        )
 
 
 def build_model(cfg: CfgNode, num_classes: int) -> nn.Module:
@@ -132,7 +134,8 @@ def run(
     cfg, device = default_setup(cfg, resume and not eval_only, allow_config_change)
     test_set = _datasets(cfg, tuple(cfg.DATASETS.TEST), train=False)
     num_classes = len(test_set.class_names) - 1
-    model = build_model(cfg, num_classes).to(device)
+    with config_key("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
+        model = build_model(cfg, num_classes).to(device)
     world, rank = get_world_size(), get_rank()
     if cfg.TEST.IMS_PER_BATCH % world:
         raise ValueError(f"TEST.IMS_PER_BATCH {cfg.TEST.IMS_PER_BATCH} must be divisible by {world} processes")

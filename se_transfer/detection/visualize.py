@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,8 @@ from .evaluation import load_coco_gt, load_detections
 logger = logging.getLogger("se_transfer.detection")
 
 PathLike = str | os.PathLike
-GT_COLOR = "#00c000"
-DET_COLOR = "#ff0000"
+GT_COLOR = "#00e000"  # ground truth: bright green, dashed
+DET_COLOR = "#ff1010"  # detections: red, solid
 
 
 def _load_image(image: np.ndarray | PathLike) -> np.ndarray:
@@ -64,10 +62,14 @@ def draw_detections(
     out_path: PathLike,
     score_threshold: float = 0.5,
 ) -> Path:
-    """Draw xyxy ground truth (green, dashed) and detections >= threshold (red) into a PNG of the image's size."""
+    """Draw xyxy ground truth (green, dashed) and detections >= threshold (red) into a PNG of the image's size.
+
+    Every line has a thin black outline, so boxes stay visible on light and dark images alike, and every label sits
+    on an opaque box of its colour (white text), so it reads on any background."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.patheffects as pe
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -86,15 +88,26 @@ def draw_detections(
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.axis("off")
-    line_width = max(1.0, min(height, width) / 250)
-    font_size = max(6.0, min(height, width) / 50)
+    line_width = max(1.5, min(height, width) / 250)
+    font_size = max(7.0, min(height, width) / 45)
+    outline = [pe.Stroke(linewidth=line_width + 1.5, foreground="black"), pe.Normal()]
 
     for (x1, y1, x2, y2), name in zip(gt_boxes, gt_labels):
-        ax.add_patch(
-            Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=GT_COLOR, linewidth=line_width, linestyle="--")
-        )
+        box = Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=GT_COLOR, linewidth=line_width, ls="--")
+        box.set_path_effects(outline)
+        ax.add_patch(box)
         if name is not None:
-            ax.text(x1, y2, str(name), color=GT_COLOR, fontsize=font_size * 0.8, va="top", ha="left", clip_on=True)
+            ax.text(
+                x1,
+                y2,
+                str(name),
+                color="black",
+                fontsize=font_size * 0.85,
+                va="top" if y2 < height - font_size * 1.5 else "bottom",
+                ha="left",
+                clip_on=True,
+                bbox={"facecolor": GT_COLOR, "edgecolor": "black", "linewidth": 0.5, "alpha": 0.9, "pad": 1},
+            )
 
     order = np.argsort([-s for s in det_scores], kind="stable")
     for i in order[::-1]:  # the best detection is drawn last, on top
@@ -102,7 +115,9 @@ def draw_detections(
         if score < score_threshold:
             continue
         x1, y1, x2, y2 = det_boxes[i]
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=DET_COLOR, linewidth=line_width))
+        box = Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=DET_COLOR, linewidth=line_width)
+        box.set_path_effects(outline)
+        ax.add_patch(box)
         text = f"{score:.2f}" if det_labels[i] is None else f"{det_labels[i]} {score:.2f}"
         ax.text(
             x1,
@@ -113,7 +128,7 @@ def draw_detections(
             va="bottom" if y1 > font_size * 1.5 else "top",
             ha="left",
             clip_on=True,
-            bbox={"facecolor": DET_COLOR, "edgecolor": "none", "alpha": 0.7, "pad": 1},
+            bbox={"facecolor": DET_COLOR, "edgecolor": "black", "linewidth": 0.5, "alpha": 0.9, "pad": 1},
         )
 
     out_path = Path(out_path)
@@ -170,35 +185,18 @@ def visualize_coco(
     return written
 
 
-def visualize_main(argv: Sequence[str] | None = None) -> int:
-    """Draw ground truth and detections of COCO images into OUT_DIR/<image name>.png."""
-    parser = argparse.ArgumentParser(
-        prog="visualize_coco",
-        description="Draw ground-truth boxes (green, dashed) and detections (red, 'name score') of COCO images.",
-    )
-    parser.add_argument("--gt", required=True, help="ground-truth annotations, e.g. instances_val2017.json")
-    parser.add_argument("--dets", required=True, help="results: a JSON list of {image_id, category_id, bbox, score}")
-    parser.add_argument("--image-dir", required=True, help="folder of the images (the GT's file_name is under it)")
-    parser.add_argument("--out", required=True, help="output folder for the PNG files")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="hide detections below it (default 0.5)")
-    parser.add_argument("--max-images", type=int, default=20, help="draw at most this many images (default 20)")
-    parser.add_argument("--image-ids", type=int, nargs="+", default=None, help="these images (default: the GT's)")
-    args = parser.parse_args(argv)
+def visualize_command(args: Any) -> int:
+    """The body of tools/visualize_coco.py on its parsed arguments (see se_transfer.cli.tools)."""
     if not Path(args.image_dir).is_dir():
-        print(f"visualize_coco: error: image folder not found: {args.image_dir}", file=sys.stderr)
-        return 2
-    try:
-        written = visualize_coco(
-            args.gt,
-            args.dets,
-            args.image_dir,
-            args.out,
-            image_ids=args.image_ids,
-            max_images=args.max_images,
-            score_threshold=args.score_threshold,
-        )
-    except (OSError, ValueError) as e:
-        print(f"visualize_coco: error: {e}", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"--image-dir: image folder not found: {args.image_dir}")
+    written = visualize_coco(
+        args.gt,
+        args.dets,
+        args.image_dir,
+        args.out,
+        image_ids=args.image_ids,
+        max_images=args.max_images,
+        score_threshold=args.score_threshold,
+    )
     print(f"wrote {len(written)} image(s) to {args.out}")
     return 0

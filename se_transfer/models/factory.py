@@ -79,9 +79,29 @@ for _name, _kwargs in _DEFS.items():
     register_model(_name, ResNet, "imagenet", **_kwargs)
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Names of the registered models, sorted; ``pattern`` is a shell-style filter such as 'se_*'."""
-    return [n for n in MODEL_REGISTRY.names() if fnmatch.fnmatch(n, pattern)]
+MODEL_FAMILIES = ("imagenet", "cifar")
+
+
+def has_se(name: str) -> bool:
+    """Whether registered model ``name`` has SE blocks (the SE models are named se_* or senet*)."""
+    return name.startswith(("se_", "senet"))
+
+
+def list_models(pattern: str = "*", family: str | None = None, se: bool | None = None) -> list[str]:
+    """Names of the registered models, sorted.
+
+    ``pattern``: a shell-style filter such as 'se_resnet*'; ``family``: 'imagenet' (the ResNet family: 224-pixel
+    inputs, public weight layouts, detection backbones) or 'cifar' (32 x 32 models of Tables 4 and 5); ``se``: True
+    for the SE models only, False for those without SE."""
+    if family is not None and family not in MODEL_FAMILIES:
+        raise ValueError(f"family must be one of {MODEL_FAMILIES}, got {family!r}")
+    return [
+        n
+        for n in MODEL_REGISTRY.names()
+        if fnmatch.fnmatch(n, pattern)
+        and (family is None or model_entry(n).family == family)
+        and (se is None or has_se(n) == se)
+    ]
 
 
 def model_entry(name: str) -> ModelEntry:

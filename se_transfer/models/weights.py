@@ -612,10 +612,49 @@ def load_state_dict_checked(model: ResNet, state: Mapping[str, torch.Tensor], pa
     return "fc.weight" in expected
 
 
+_CLASSIFIERS = ("fc.weight", "roi_heads.box_predictor.cls_score.weight")  # a classifier's, a detector's
+
+
+def _shape_of(state: Mapping[str, Any]) -> tuple[list[int], bool, tuple[str, int] | None]:
+    """(blocks per stage, has SE blocks, (classifier tensor, outputs)) read off the key names of a state dict."""
+    blocks: dict[int, set[str]] = {}
+    for key in state:
+        parts = key.split(".")
+        if len(parts) > 2 and parts[0].startswith("layer") and parts[0][5:].isdigit() and parts[1].isdigit():
+            blocks.setdefault(int(parts[0][5:]), set()).add(parts[1])
+    classes = None
+    for key in _CLASSIFIERS:
+        fc = state.get(key)
+        if fc is not None and hasattr(fc, "shape") and len(fc.shape) == 2:
+            classes = (key, int(fc.shape[0]))
+    return [len(blocks[i]) for i in sorted(blocks)], any(".se." in k for k in state), classes
+
+
+def explain_misfit(expected: Mapping[str, Any], state: Mapping[str, Any], what: str, saved: str | None = None) -> str:
+    """One clause saying how a state dict's network differs from ``what`` (stages, SE, classes), or ''."""
+    (want_blocks, want_se, want_classes), (have_blocks, have_se, have_classes) = _shape_of(expected), _shape_of(state)
+
+    def describe(blocks: list[int], se: bool) -> str:
+        return f"{blocks} blocks per stage {'with' if se else 'without'} SE"
+
+    saved_as = f" (saved as {saved!r})" if saved else ""
+    if (want_blocks, want_se) != (have_blocks, have_se):
+        return f"the file holds {describe(have_blocks, have_se)}{saved_as}, {what} has {describe(want_blocks, want_se)}"
+    if want_classes is not None and have_classes is not None and want_classes != have_classes:
+        return f"the file's classifier {have_classes[0]} has {have_classes[1]} outputs, {what} {want_classes[1]}"
+    return ""
+
+
 def check_fit(
-    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], path: str | os.PathLike, what: str
+    expected: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    what: str,
+    saved: str | None = None,
 ) -> None:
-    """Raise a WeightsError naming every missing, unexpected and mis-shaped tensor of ``state`` against ``expected``.
+    """Raise a WeightsError that says in one line how ``state`` differs from ``expected``: the structure (blocks per
+    stage, SE, classes; ``saved``: the architecture the file says it holds), then the first missing, unexpected and
+    mis-shaped tensors with their counts.
 
     BatchNorm's num_batches_tracked counters are ignored on both sides (old checkpoints and FrozenBN lack them).
     """
@@ -633,16 +672,21 @@ def check_fit(
         ("mis-shaped", misshaped),
     ):
         if items:
-            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            shown = ", ".join(items[:2]) + (f", ... ({len(items)} in all)" if len(items) > 2 else "")
             problems.append(f"{label} tensors: {shown}")
     if problems:
-        raise _fail(path, f"does not fit {what}: " + "; ".join(problems))
+        why = explain_misfit(want, state, what, saved)
+        details = "; ".join(problems)
+        raise _fail(path, f"does not fit {what}: " + (f"{why} ({details})" if why else details))
 
 
 def load_plain_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Load our own (or a bare) state dict into a model of a family without public layouts, strictly."""
-    state, _ = read_checkpoint(path)
-    check_fit(model.state_dict(), state, path, getattr(model, "arch_name", type(model).__name__))
+    state, meta = read_checkpoint(path)
+    saved = (meta or {}).get("arch")
+    if saved and (meta or {}).get("arch_kwargs"):
+        saved += f" {dict(meta['arch_kwargs'])}"
+    check_fit(model.state_dict(), state, path, getattr(model, "arch_name", type(model).__name__), saved)
     model.load_state_dict(state, strict=False)
 
 
@@ -665,6 +709,12 @@ def _atomic_write(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
+        # The file mode of any new file (writers such as safetensors' create theirs 0600), flushed to disk first.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -1,6 +1,6 @@
 import json
 
-from se_transfer.classification.benchmark import benchmark_cifar_main
+from se_transfer.cli import benchmark_cifar_main
 
 
 def test_cifar_benchmark_prints_both_models_side_by_side(capsys):

@@ -13,7 +13,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from se_transfer.classification.places_benchmark import benchmark_model_step, benchmark_places_main
+from se_transfer.classification.places_benchmark import benchmark_model_step
+from se_transfer.cli import benchmark_places_main
 from se_transfer.data import (
     ClassificationTransform,
     DatasetError,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from se_transfer.detection.evaluation import eval_coco_main
+from se_transfer.cli import eval_coco_main
 
 D2_MISSING = (
     "detectron2 is not installed: pip install ../shared/third_party/detectron2-0.6-cp311-cp311-linux_x86_64.whl"

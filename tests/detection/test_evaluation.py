@@ -12,16 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
+from se_transfer.cli import eval_coco_main, visualize_main
 from se_transfer.detection import evaluation
 from se_transfer.detection.evaluation import (
     COCO_STAT_NAMES,
     COCOEvaluator,
-    eval_coco_main,
     evaluate_coco_json,
     format_results_table,
     load_coco_gt,
 )
-from se_transfer.detection.visualize import draw_detections, visualize_main
+from se_transfer.detection.visualize import draw_detections
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO.parent / "shared" / "data" / "pycocotools_reference"

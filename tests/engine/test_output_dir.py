@@ -164,7 +164,12 @@ def test_resume_errors_name_the_file_in_one_line(cifar_root, tmp_path, capsys):
     cases = [
         (b"", "the file is empty (0 bytes)"),
         (b": 101\n", "not a checkpoint written by torch.save (UnpicklingError"),
-        ((other / "model_final.pth").read_bytes(), "does not fit the model this run builds: unexpected tensors: "),
+        (
+            (other / "model_final.pth").read_bytes(),
+            "does not fit the model this run builds: the file holds [2, 2, 2] "
+            "blocks per stage with SE, the model this run builds has [1, 1, 1] blocks per stage with SE (unexpected "
+            "tensors: ",
+        ),
     ]
     for content, message in cases:
         final.write_bytes(content)

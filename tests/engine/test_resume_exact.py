@@ -98,7 +98,7 @@ def test_places365_with_workers_resumes_bit_exact(tmp_path):
 
 
 def test_fault_injection_tool_reports_no_failure(tmp_path, capsys):
-    from se_transfer.faults import fault_inject_main
+    from se_transfer.cli import fault_inject_main
 
     assert fault_inject_main(["--tasks", "cifar", "--trials", "1", "--work-dir", str(tmp_path), "--json"]) == 0
     out = capsys.readouterr().out

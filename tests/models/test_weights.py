@@ -1,4 +1,5 @@
 import logging
+import os
 import pickle
 
 import pytest
@@ -79,6 +80,9 @@ def test_our_format_round_trips_architecture_and_normalisation(tmp_path, suffix)
     model.input_norm = dict(CAFFE_BGR)
     path = save_weights(model, tmp_path / f"w{suffix}")
     assert not list(tmp_path.glob(".*tmp*"))  # written through a temporary file, then renamed
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any other output, whatever the writer's default
     loaded = create_model("se_resnet18", num_classes=10, pretrained=path).eval()
     assert loaded.layer1[0].se_variant == "post"
     assert loaded.input_norm == CAFFE_BGR

@@ -8,6 +8,7 @@ setup(
     description="Squeeze-and-Excitation backbones transferred to COCO detection, Places365 and CIFAR",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["se_transfer", "se_transfer.*"]),
     package_data={"se_transfer.ops": ["csrc/*.c"]},  # compiled on first use (se_transfer/ops/cpu_gate.py)

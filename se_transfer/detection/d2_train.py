@@ -52,6 +52,11 @@ def setup_cfg(args: Any) -> Any:
         raise UsageError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but this machine has no CUDA device: add MODEL.DEVICE cpu"
         )
+    if cfg.SOLVER.CHECKPOINT_PERIOD < 1:
+        raise UsageError(
+            f"SOLVER.CHECKPOINT_PERIOD {cfg.SOLVER.CHECKPOINT_PERIOD}: detectron2's periodic checkpointer needs a "
+            "positive period; for the final checkpoint only, give one above SOLVER.MAX_ITER"
+        )
     if args.resume:
         # detectron2 resumes from OUTPUT_DIR/last_checkpoint and ignores MODEL.WEIGHTS; the backbone must then be
         # the one that checkpoint was trained as, whatever MODEL.WEIGHTS names.

@@ -13,7 +13,7 @@ import yaml
 
 from ..config import CfgNode, flatten
 from .distributed import get_rank, get_world_size, init_from_env, launched_by_torchrun
-from .events import setup_logger
+from .events import atomic_write_text, setup_logger
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,26 @@ def check_resume_config(cfg: CfgNode, out: Path, allow_change: bool) -> None:
     logger.warning("--resume --allow-config-change: applying %s", shown)
 
 
+def warn_if_busy(load: float | None = None, cores: int | None = None) -> bool:
+    """Warn when other work already keeps the CPUs busy (1-minute load average above the core count): times and the
+    ETA will be longer than on an idle machine. Returns whether it warned."""
+    try:
+        load = os.getloadavg()[0] if load is None else load
+    except OSError:  # not available on this platform
+        return False
+    cores = cores or os.cpu_count() or 1
+    if load <= cores:
+        return False
+    logger.warning(
+        "this machine is busy: load average %.1f on %d CPU cores before the run starts; expect times (and the ETA) "
+        "about %.1fx those of an idle machine",
+        load,
+        cores,
+        load / cores,
+    )
+    return True
+
+
 def default_setup(
     cfg: CfgNode, resume: bool = False, allow_config_change: bool = False
 ) -> tuple[CfgNode, torch.device]:
@@ -148,9 +168,8 @@ def default_setup(
     if resume:  # every rank reads the same files and so reaches the same verdict
         check_resume_config(cfg, out, allow_config_change)
     if rank == 0:
-        tmp = out / ".config.yaml.tmp"
-        tmp.write_text(cfg.dump())
-        os.replace(tmp, out / "config.yaml")
+        atomic_write_text(out / "config.yaml", cfg.dump())
+        warn_if_busy()
     logger.info("rank %d of %d; config written to %s", rank, get_world_size(), out / "config.yaml")
     seed_all(cfg.SEED + rank)
     return cfg, resolve_device(cfg.MODEL.DEVICE)

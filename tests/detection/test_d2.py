@@ -346,6 +346,7 @@ def test_train_net_d2_usage_errors_are_one_line(d2, tmp_path, capsys, monkeypatc
         ([], ["MODEL.SE_TRANSFER.ARHC", "x"], "unknown config key MODEL.SE_TRANSFER.ARHC; did you mean MODEL.SE_TRAN"),
         ([], ["DATASETS.TEST", "('coco_2017_vall',)"], "DATASETS.TRAIN: coco_2014_train: json_file "),
         ([], ["DATASETS.TRAIN", "('coco_2017_vall',)"], "no data set named 'coco_2017_vall' is registered"),
+        ([], ["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD 0: detectron2's periodic checkpointer"),
     ]
     for flags, opts, message in cases:
         argv = ["--config-file", config, *flags, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out"), *opts]

@@ -178,3 +178,13 @@ def test_eval_only_rows_with_non_finite_metrics_stay_valid_json(tmp_path, value)
 
     record_evaluation(str(tmp_path), {"AP": value, "AP50": 1.0})
     assert _strict_records(tmp_path / "metrics.jsonl") == [{"iteration": 0, "eval_only": True, "AP": None, "AP50": 1.0}]
+
+
+def test_a_busy_machine_is_announced(caplog):
+    from se_transfer.engine.setup import warn_if_busy
+
+    with caplog.at_level(logging.WARNING, logger="se_transfer"):
+        assert warn_if_busy(load=7.5, cores=2)
+        assert not warn_if_busy(load=1.5, cores=2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "load average 7.5 on 2 CPU cores" in messages[0] and "3.8x" in messages[0]

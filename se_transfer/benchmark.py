@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .engine.amp import AMP_DTYPES
 from .engine.events import format_table
 from .models import create_model
 from .models.factory import model_entry
 from .models.se import set_se_impl
 
 MODES = ("train", "inference")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 # timm's counterparts of our SE models (timm's "seresnet50" etc. use the PyTorch-style stride in the 3x3).
 TIMM_PEERS = {
     "se_resnet18": "seresnet18",
@@ -285,10 +285,7 @@ def format_record(record: dict[str, Any]) -> str:
 
 def benchmark_command(args: Any) -> int:
     """The body of tools/benchmark.py on its parsed arguments (see se_transfer.cli.tools.benchmark_main)."""
-    from .cli.args import resolve_device
-    from .cli.errors import UsageError
-
-    device = torch.device(resolve_device(args.device))
+    device = torch.device(args.device)
     cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -299,15 +296,15 @@ def benchmark_command(args: Any) -> int:
     batch_size = pick(args.batch_size, 256, 1)
     warmup, iters, rounds = pick(args.warmup, 10, 3), pick(args.iters, 10, 2), pick(args.rounds, 7, 30)
     if batch_size < 1 or iters < 1 or rounds < 1 or warmup < 0:
-        raise UsageError("--batch-size, --iters and --rounds must be >= 1 and --warmup >= 0")
+        raise ValueError("--batch-size, --iters and --rounds must be >= 1 and --warmup >= 0")
     peer_name = None if args.no_peer else (args.peer or default_peer(args.model))
     if args.peer:
         try:
             import timm
         except ImportError:
-            raise UsageError("--peer needs timm (pip install timm)") from None
+            raise ValueError("--peer needs timm (pip install timm)") from None
         if not timm.is_model(args.peer):
-            raise UsageError(f"--peer: timm has no model {args.peer!r}")
+            raise ValueError(f"--peer: timm has no model {args.peer!r}")
     record = run_benchmark(
         args.model,
         args.baseline,

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..benchmark import device_name, sync_device
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader
+from ..engine.amp import amp_dtype
 from ..engine.events import format_table
 from ..models import create_model
 
@@ -35,7 +36,7 @@ def _make_step(
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     fwd = model if MODES[mode] is None else torch.compile(model, mode=MODES[mode])
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    dtype = amp_dtype(amp, "--amp")
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -106,9 +107,7 @@ def _take(loader: CifarLoader, k: int, epoch: int = 0):
 
 def benchmark_cifar_command(args: Any) -> int:
     """The body of tools/benchmark_cifar.py on its parsed arguments (see se_transfer.cli.tools)."""
-    from ..cli.args import resolve_device
-
-    device = torch.device(resolve_device(args.device))
+    device = torch.device(args.device)
     models = list(args.model)
     modes = args.modes or (list(MODES) if device.type == "cuda" else ["eager"])
     amp = args.amp or ("bf16" if device.type == "cuda" else "none")

@@ -15,11 +15,13 @@ from torch import nn
 from ..config import CfgNode, config_key
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
+from ..engine.amp import amp_dtype, autocast
 from ..engine.distributed import all_reduce_sum, synchronize
 from ..engine.events import progress
-from ..engine.runner import record_evaluation, run_training, schedule_from_cfg
+from ..engine.runner import record_evaluation
 from ..engine.summary import print_summary, summary_rows
-from .model import build_classifier, check_trained_head, cross_entropy_loss
+from .metrics import accuracy_results, accuracy_rows, topk_hits
+from .model import build_classifier, check_trained_head, train_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -74,24 +76,21 @@ def _loader(cfg: CfgNode, data: CifarData, train: bool, device: torch.device) ->
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: CifarLoader, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: CifarLoader, dtype: torch.dtype | None = None) -> dict[str, float]:
     """Top-1 / top-5 accuracy and error (%) over the whole loader, summed over all processes."""
     was_training = model.training
     model.eval()
     counts = None
     for images, labels in progress(loader.epoch_iter(0), total=len(loader), desc="evaluating"):
-        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(images.device.type, dtype):
             logits = model(images)
-        k = min(5, logits.shape[1])
-        top = logits.float().topk(k, dim=1).indices
-        hit = top == labels[:, None]
-        batch = torch.stack([hit[:, :1].any(1).sum(), hit.any(1).sum(), torch.tensor(len(labels), device=hit.device)])
+        hit1, hit5 = topk_hits(logits, labels)
+        batch = torch.stack([hit1.sum(), hit5.sum(), torch.tensor(len(labels), device=hit1.device)])
         counts = batch if counts is None else counts + batch
     model.train(was_training)
     counts = all_reduce_sum(counts.double())
     top1, top5, total = (float(c) for c in counts)
-    acc1, acc5 = 100.0 * top1 / total, 100.0 * top5 / total
-    return {"top1": acc1, "top5": acc5, "top1_err": 100.0 - acc1, "top5_err": 100.0 - acc5, "num_images": int(total)}
+    return accuracy_results(top1, top5, int(total))
 
 
 def run(
@@ -104,33 +103,27 @@ def run(
         model = build_classifier(cfg, train_set.num_classes).to(device)
     if cfg.MODEL.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.SOLVER.AMP]
+    amp = amp_dtype(cfg.SOLVER.AMP)
     test_loader = _loader(cfg, test_set, False, device)
 
     if eval_only:
         check_trained_head(cfg, model)
         start = time.perf_counter()
-        results = evaluate(model, test_loader, amp_dtype)
+        results = evaluate(model, test_loader, amp)
         results["eval_time_s"] = time.perf_counter() - start
         record_evaluation(cfg.OUTPUT_DIR, results)
         _print_summary(cfg, results, eval_only=True)
         return results
 
     train_loader = _loader(cfg, train_set, True, device)
-    ipe = len(train_loader)
-    max_iter, stop_iter, steps = schedule_from_cfg(cfg, ipe)
-    _, results = run_training(
+    results = train_classifier(
         cfg,
         model,
-        batches=lambda start: _batches(train_loader, start),
-        loss_fn=cross_entropy_loss,
-        eval_fn=lambda: evaluate(model, test_loader, amp_dtype),
-        device=device,
-        max_iter=max_iter,
-        stop_iter=stop_iter,
-        steps=steps,
-        iters_per_epoch=ipe,
-        resume=resume,
+        lambda start: _batches(train_loader, start),
+        lambda: evaluate(model, test_loader, amp),
+        device,
+        len(train_loader),
+        resume,
     )
     _print_summary(cfg, results, eval_only=False)
     return results
@@ -148,8 +141,7 @@ def _batches(loader: CifarLoader, start_iter: int) -> Iterator[tuple[torch.Tenso
 def _print_summary(cfg: CfgNode, results: dict[str, Any], eval_only: bool) -> None:
     paper = PAPER_ERRORS.get((cfg.MODEL.ARCH, cfg.DATA.DATASET))
     metrics = [
-        ("top-1 accuracy / error (%)", f"{results['top1']:.2f} / {results['top1_err']:.2f}"),
-        ("top-5 accuracy / error (%)", f"{results['top5']:.2f} / {results['top5_err']:.2f}"),
+        *accuracy_rows(results),
         ("paper top-1 error (%)", f"{paper:.2f} (Tables 4, 5; the full recipe on the real set)" if paper else "-"),
     ]
     data = f"{cfg.DATA.DATASET} at {cfg.DATA.ROOT} ({results.get('num_images', '?')} test images)"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +49,38 @@ def check_trained_head(cfg: CfgNode, model: nn.Module) -> None:
             f"{model.fc.out_features} classes (its head was re-initialised), so a random head would be evaluated; "
             "pass a checkpoint trained on this data set (OUTPUT_DIR/model_final.pth)"
         )
+
+
+def train_classifier(
+    cfg: CfgNode,
+    model: nn.Module,
+    batches: Callable[[int], Iterator[Any]],
+    eval_fn: Callable[[], dict[str, float]],
+    device: torch.device,
+    iters_per_epoch: int,
+    resume: bool,
+) -> dict[str, Any]:
+    """Train a classifier with cross-entropy on ``batches(start_iter)`` as cfg.SOLVER says (epochs or iterations),
+    evaluating with ``eval_fn``; checkpoints carry the architecture, so model_final.pth rebuilds the model."""
+    from ..engine.runner import CheckpointContent, run_training, schedule_from_cfg
+    from ..models.weights import check_fit, checkpoint_metadata
+
+    max_iter, stop_iter, steps = schedule_from_cfg(cfg, iters_per_epoch)
+    _, results = run_training(
+        cfg,
+        model,
+        batches=batches,
+        loss_fn=cross_entropy_loss,
+        eval_fn=eval_fn,
+        device=device,
+        max_iter=max_iter,
+        stop_iter=stop_iter,
+        steps=steps,
+        iters_per_epoch=iters_per_epoch,
+        resume=resume,
+        checkpoint=CheckpointContent(checkpoint_metadata(model), check_fit),
+    )
+    return results
 
 
 def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -26,9 +26,11 @@ from ..data.transforms import ClassificationTransform
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.distributed import all_gather_object, synchronize
 from ..engine.events import progress
-from ..engine.runner import record_evaluation, run_training, schedule_from_cfg
+from ..engine.runner import record_evaluation
 from ..engine.summary import print_summary, summary_rows
-from .model import attach_input_normalization, build_classifier, check_trained_head, cross_entropy_loss
+from ..io import atomic_write_text
+from .metrics import accuracy_results, accuracy_rows
+from .model import attach_input_normalization, build_classifier, check_trained_head, train_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +114,10 @@ def evaluate(
         return {}
     by_index = {r[0]: r for r in gathered}  # one row per image
     n = len(by_index)
-    top1 = sum(r[2][0] == r[1] for r in by_index.values())
-    top5 = sum(r[1] in r[2] for r in by_index.values())
-    results = {
-        "top1": 100.0 * top1 / n,
-        "top5": 100.0 * top5 / n,
-        "top1_err": 100.0 - 100.0 * top1 / n,
-        "top5_err": 100.0 - 100.0 * top5 / n,
-        "num_images": n,
-    }
+    # counted over the rows gathered from every rank (one per image), which rank 0 also writes as predictions
+    results = accuracy_results(
+        sum(r[2][0] == r[1] for r in by_index.values()), sum(r[1] in r[2] for r in by_index.values()), n
+    )
     _write_reports(by_index, dataset, Path(output_dir) / "inference")
     return results
 
@@ -129,14 +126,13 @@ def _write_reports(rows: dict[int, tuple], dataset: Places365, out: Path) -> Non
     """predictions.jsonl (image, label, top-5 classes and scores), per_class_accuracy.json, confused_pairs.png."""
     out.mkdir(parents=True, exist_ok=True)
     names = dataset.classes
-    tmp = out / ".predictions.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for i in sorted(rows):
-            _, label, top, scores = rows[i]
-            record = {"image": str(dataset.image_path(i)), "label": names[label]}
-            record["top5"] = [{"class": names[c], "score": round(s, 5)} for c, s in zip(top, scores)]
-            f.write(json.dumps(record) + "\n")
-    os.replace(tmp, out / "predictions.jsonl")
+    lines = []
+    for i in sorted(rows):
+        _, label, top, scores = rows[i]
+        record = {"image": str(dataset.image_path(i)), "label": names[label]}
+        record["top5"] = [{"class": names[c], "score": round(s, 5)} for c, s in zip(top, scores)]
+        lines.append(json.dumps(record) + "\n")
+    atomic_write_text(out / "predictions.jsonl", "".join(lines))
     correct: dict[int, list[int]] = {}
     confusions: dict[tuple[int, int], int] = {}
     for _, label, top, _ in rows.values():
@@ -146,9 +142,7 @@ def _write_reports(rows: dict[int, tuple], dataset: Places365, out: Path) -> Non
         if top[0] != label:
             confusions[(label, top[0])] = confusions.get((label, top[0]), 0) + 1
     per_class = {names[c]: {"top1": 100.0 * k / t, "images": t} for c, (k, t) in sorted(correct.items())}
-    tmp = out / ".per_class_accuracy.json.tmp"
-    tmp.write_text(json.dumps(per_class, indent=1))
-    os.replace(tmp, out / "per_class_accuracy.json")
+    atomic_write_text(out / "per_class_accuracy.json", json.dumps(per_class, indent=1))
     _plot_confusions(confusions, names, out / "confused_pairs.png")
 
 
@@ -213,26 +207,15 @@ def run(
     train_loader = build_classification_loader(
         train_set, cfg.SOLVER.IMS_PER_BATCH // world, True, cfg.DATALOADER.NUM_WORKERS, cfg.SEED, get_rank(), world
     )
-    ipe = len(train_loader)
-    max_iter, stop_iter, steps = schedule_from_cfg(cfg, ipe)
 
     def batches(start_iter: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in infinite_classification_batches(train_loader, start_iter):
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
-    _, results = run_training(
-        cfg,
-        model,
-        batches=batches,
-        loss_fn=cross_entropy_loss,
-        eval_fn=lambda: evaluate(model, val_loader, val_set, device, cfg.OUTPUT_DIR),
-        device=device,
-        max_iter=max_iter,
-        stop_iter=stop_iter,
-        steps=steps,
-        iters_per_epoch=ipe,
-        resume=resume,
-    )
+    def eval_fn() -> dict[str, float]:
+        return evaluate(model, val_loader, val_set, device, cfg.OUTPUT_DIR)
+
+    results = train_classifier(cfg, model, batches, eval_fn, device, len(train_loader), resume)
     if is_main_process():
         _print_summary(cfg, results, paper, eval_only=False)
     return results
@@ -240,8 +223,7 @@ def run(
 
 def _print_summary(cfg: CfgNode, results: dict[str, Any], paper: tuple[float, float] | None, eval_only: bool) -> None:
     metrics = [
-        ("top-1 accuracy / error (%)", f"{results['top1']:.2f} / {results['top1_err']:.2f}"),
-        ("top-5 accuracy / error (%)", f"{results['top5']:.2f} / {results['top5_err']:.2f}"),
+        *accuracy_rows(results),
         ("paper top-1 / top-5 error (%)", f"{paper[0]:.2f} / {paper[1]:.2f} (Table 6)" if paper else "-"),
     ]
     crop = "10-crop" if cfg.TEST.TEN_CROP else "centre crop"

@@ -60,9 +60,7 @@ def benchmark_model_step(
 
 def benchmark_places_command(args: Any) -> int:
     """The body of tools/benchmark_places_input.py on its parsed arguments (see se_transfer.cli.tools)."""
-    from ..cli.args import resolve_device
-
-    device = torch.device(resolve_device(args.device))
+    device = torch.device(args.device)
     amp = args.amp or ("bf16" if device.type == "cuda" else "none")
 
     with contextlib.ExitStack() as stack:

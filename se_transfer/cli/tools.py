@@ -196,7 +196,7 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     from ..benchmark import benchmark_command
 
-    return command(benchmark_command)(args)
+    return command(_with_device(benchmark_command))(args)
 
 
 def benchmark_cifar_main(argv: Sequence[str] | None = None) -> int:
@@ -219,7 +219,7 @@ def benchmark_cifar_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     from ..classification.benchmark import benchmark_cifar_command
 
-    return command(benchmark_cifar_command)(args)
+    return command(_with_device(benchmark_cifar_command))(args)
 
 
 def benchmark_places_main(argv: Sequence[str] | None = None) -> int:
@@ -253,7 +253,17 @@ def benchmark_places_main(argv: Sequence[str] | None = None) -> int:
         return command(_missing)(f"--root: Places365 root not found: {args.root}")
     from ..classification.places_benchmark import benchmark_places_command
 
-    return command(benchmark_places_command)(args)
+    return command(_with_device(benchmark_places_command))(args)
+
+
+def _with_device(body):  # noqa: ANN001, ANN202 - a command body
+    """``body`` with ``args.device`` resolved first ('auto' -> cuda or cpu; a CUDA device without a GPU: error)."""
+
+    def run(args: argparse.Namespace) -> int:
+        args.device = a.resolve_device(args.device)
+        return body(args)
+
+    return run
 
 
 def _missing(message: str) -> None:

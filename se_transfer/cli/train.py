@@ -37,7 +37,7 @@ def train_argument_parser() -> argparse.ArgumentParser:
         help="start over in an OUTPUT_DIR that holds an earlier run (deletes its checkpoints, metrics and plots)",
     )
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (one per GPU; on CPU: gloo)")
-    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--num-machines", type=int, default=1, help="machines taking part (each runs this command)")
     parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0..num_machines-1)")
     parser.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 ('auto': one machine)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -82,19 +82,11 @@ def _train_worker(cfg, eval_only: bool, resume: bool, allow_config_change: bool 
 
 
 def _run_task(cfg, eval_only: bool, resume: bool, allow_config_change: bool) -> None:
-    from ..config import ConfigError
     from ..engine.events import setup_logger
+    from ..tasks import task_for
 
     setup_logger(None)
-    if cfg.TASK == "classification" and cfg.DATA.DATASET == "places365":
-        from ..classification.places import run
-    elif cfg.TASK == "classification":
-        from ..classification.cifar import run
-    elif cfg.TASK == "detection":
-        from ..detection.task import run
-    else:
-        raise ConfigError(f"TASK must be 'classification' or 'detection', got {cfg.TASK!r}")
-    run(cfg, eval_only=eval_only, resume=resume, allow_config_change=allow_config_change)
+    task_for(cfg)(cfg, eval_only=eval_only, resume=resume, allow_config_change=allow_config_change)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -139,13 +131,19 @@ def launch_run(cfg, args: argparse.Namespace) -> int:
 def claim_run_folder(output_dir: str, args: argparse.Namespace) -> contextlib.AbstractContextManager:
     """The output-folder claim of one run (``engine.output_dir``), taken once per run: by machine 0's starting
     process (torchrun: by rank 0)."""
+    from ..config import config_key
     from ..engine.output_dir import claim_output_dir
 
     if int(os.environ.get("RANK", "0")) != 0 or getattr(args, "machine_rank", 0) != 0:
         return contextlib.nullcontext()
-    return claim_output_dir(
-        output_dir, training=not args.eval_only, resume=args.resume, fresh=getattr(args, "fresh", False)
-    )
+    held = contextlib.ExitStack()
+    with config_key("OUTPUT_DIR", output_dir):  # a folder that cannot be made or locked names the key
+        held.enter_context(
+            claim_output_dir(
+                output_dir, training=not args.eval_only, resume=args.resume, fresh=getattr(args, "fresh", False)
+            )
+        )
+    return held
 
 
 def _cuda_available() -> bool:

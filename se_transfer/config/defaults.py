@@ -4,7 +4,7 @@ from yacs.config import CfgNode as CN
 
 _C = CN()
 
-# Which task runs: "classification" (CIFAR-10/100 now, Places365 later) or "detection" (COCO, later).
+# Which task runs: "classification" (CIFAR-10/100 or Places365, by DATA.DATASET) or "detection" (COCO).
 _C.TASK = "classification"
 # Where everything of a run goes: config.yaml, metrics.jsonl, checkpoints, TensorBoard events, plots.
 _C.OUTPUT_DIR = "./output"

@@ -1,4 +1,6 @@
-"""Data sets and batched augmentations: CIFAR-10/100 reading, fake-data writing and a device-resident loader."""
+"""Data sets in their official on-disk layouts (CIFAR-10/100 pickles, COCO json + images, Places365 file lists), their
+loaders and samplers (resumable, per-sample seeded augmentation), and writers of small generated sets in the same
+formats for demos and tests."""
 
 from .cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
 from .coco import (

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..io import atomic_write_bytes
 from .common import FAKE_COLOURS, DatasetError
 from .transforms import apply_crop_flip, apply_cutout, normalize, sample_crop_flip, sample_cutout
 
@@ -318,9 +319,7 @@ class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
 def _dump_py2(obj: Any, path: Path) -> None:
     buf = io.BytesIO()
     _Py2Pickler(buf).dump(obj)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 _CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

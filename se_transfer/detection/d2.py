@@ -35,7 +35,8 @@ from typing import Any
 import yaml
 
 from ..config import flatten
-from ..engine.checkpoint import atomic_torch_save, atomic_write_text
+from ..engine.checkpoint import atomic_torch_save
+from ..io import atomic_write_text
 from ..models.weights import checkpoint_metadata, read_checkpoint, read_pickle_payload
 from .backbone import BACKBONE_META_KEY, BackboneConfigError, BackboneSpec, build_backbone, is_detector_state
 from .backbone import resolve_backbone as _resolve

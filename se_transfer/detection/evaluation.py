@@ -21,6 +21,7 @@ from pycocotools.cocoeval import COCOeval
 
 from ..engine.distributed import all_gather_object, is_main_process
 from ..engine.events import format_table
+from ..io import atomic_write_text
 
 logger = logging.getLogger("se_transfer.detection")
 
@@ -168,11 +169,7 @@ def evaluate_coco_json(
 
 
 def _write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj))
 
 
 class COCOEvaluator:

@@ -23,9 +23,9 @@ from ..data.transforms import DetectionTransform
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.distributed import synchronize
 from ..engine.events import progress
-from ..engine.runner import record_evaluation, run_training
+from ..engine.runner import CheckpointContent, record_evaluation, run_training
 from ..engine.summary import print_summary, summary_rows
-from ..models.weights import checkpoint_metadata
+from ..models.weights import check_fit, checkpoint_metadata
 from .backbone import BACKBONE_META_KEY
 from .evaluation import COCOEvaluator, format_results_table
 from .model import build_faster_rcnn
@@ -200,7 +200,7 @@ def run(
         iters_per_epoch=ipe,
         resume=resume,
         # model_final.pth rebuilds the backbone the weights were trained as (eval-only, fine-tuning)
-        checkpoint_meta={BACKBONE_META_KEY: checkpoint_metadata(model.backbone.body)},
+        checkpoint=CheckpointContent({BACKBONE_META_KEY: checkpoint_metadata(model.backbone.body)}, check_fit),
     )
     _print_summary(cfg, test_set, results, paper, eval_only=False)
     return results

@@ -5,13 +5,14 @@ from .distributed import get_rank, get_world_size, is_main_process, launch
 from .events import MetricsWriter, format_table, plot_metrics, read_metrics, setup_logger
 from .setup import default_setup, resolve_device, seed_all
 from .solver import build_lr_scheduler, build_optimizer, lr_factor
-from .trainer import CheckpointHook, EvalHook, HookBase, LoggingHook, NonFiniteLossError, Trainer
+from .trainer import CheckpointHook, EvalHook, HookBase, LoggingHook, LRSchedulerHook, NonFiniteLossError, Trainer
 
 __all__ = [
     "CheckpointHook",
     "Checkpointer",
     "EvalHook",
     "HookBase",
+    "LRSchedulerHook",
     "LoggingHook",
     "MetricsWriter",
     "NonFiniteLossError",

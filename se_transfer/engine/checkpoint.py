@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..io import atomic_write, atomic_write_text
 from .distributed import all_gather_object, get_rank, is_main_process
 
 logger = logging.getLogger(__name__)
@@ -18,28 +20,26 @@ LAST_CHECKPOINT = "last_checkpoint"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """torch.save ``obj`` to ``path`` through a temporary file (``se_transfer.io.atomic_write``)."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def compare_states(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], path: str | os.PathLike, what: str
+) -> None:
+    """Raise ValueError when ``state`` lacks, adds or mis-shapes tensors of ``expected`` (counts and first names)."""
+    want = {k: tuple(v.shape) for k, v in expected.items() if not k.endswith("num_batches_tracked")}
+    have = {k: tuple(getattr(v, "shape", ())) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    problems = []
+    for label, keys in (
+        ("missing", sorted(set(want) - set(have))),
+        ("unexpected", sorted(set(have) - set(want))),
+        ("mis-shaped", sorted(k for k in set(want) & set(have) if want[k] != have[k])),
+    ):
+        if keys:
+            problems.append(f"{len(keys)} {label} tensors (e.g. {keys[0]})")
+    if problems:
+        raise ValueError(f"{path}: does not fit {what}: {', '.join(problems)}")
 
 
 def rng_state() -> dict[str, Any]:
@@ -77,6 +77,9 @@ class Checkpointer:
         self.keep = keep  # periodic checkpoints kept, the newest (0: all)
         self.objects = {k: v for k, v in objects.items() if v is not None}
         self.extra_meta: dict[str, Any] = {}
+        # check_fit(model_state, checkpoint_state, path, what) raises ValueError explaining a checkpoint that does not
+        # fit the model (a task gives its model family's; by default tensor names and shapes are compared)
+        self.check_fit: Callable[..., None] = compare_states
 
     def save(self, name: str, iteration: int) -> Path | None:
         """Write ``name``.pth with everything needed to resume after ``iteration`` finished steps."""
@@ -138,11 +141,9 @@ class Checkpointer:
         missing = [k for k in ("model", "iteration", *self.objects) if k not in data]
         if missing:
             raise CheckpointError(f"cannot resume from {path}: it lacks {missing}")
-        from ..models.weights import WeightsError, check_fit
-
         try:
-            check_fit(self.model.state_dict(), data["model"], path, "the model this run builds")
-        except WeightsError as e:
+            self.check_fit(self.model.state_dict(), data["model"], path, "the model this run builds")
+        except ValueError as e:
             raise CheckpointError(f"cannot resume: {e} (a checkpoint of another architecture or config?)") from None
         self.model.load_state_dict(data["model"])
         for key, obj in self.objects.items():

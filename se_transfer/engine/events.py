@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..io import atomic_write_text
+
 T = TypeVar("T")
 
 logger = logging.getLogger("se_transfer")
@@ -120,17 +122,6 @@ class MetricsWriter:
 
 def _json_line(record: dict[str, Any]) -> str:
     return json.dumps(json_safe(record), allow_nan=False) + "\n"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,23 @@ import torch
 from torch import nn
 
 from ..config import CfgNode
-from ..models.weights import checkpoint_metadata
 from .checkpoint import Checkpointer
 from .distributed import is_main_process
 from .events import MetricsWriter, plot_metrics
 from .solver import build_lr_scheduler, build_optimizer
-from .trainer import CheckpointHook, EvalHook, LoggingHook, LossFn, Trainer
+from .trainer import CheckpointHook, EvalHook, LoggingHook, LossFn, LRSchedulerHook, Trainer
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckpointContent:
+    """What a task's checkpoints carry beside the tensors (e.g. the architecture, so that the file rebuilds its model)
+    and how a checkpoint is checked against the model on resume (``check_fit(model_state, state, path, what)``,
+    raising ValueError with an explanation)."""
+
+    meta: dict[str, Any] = field(default_factory=dict)
+    check_fit: Callable[..., None] | None = None
 
 
 def run_training(
@@ -34,11 +44,12 @@ def run_training(
     steps: Sequence[int],
     iters_per_epoch: int = 0,
     resume: bool = False,
-    checkpoint_meta: dict[str, Any] | None = None,
+    checkpoint: CheckpointContent | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
     """Train ``model`` (wrapped by DDP / compile as ``wrap_for_training`` says) as cfg.SOLVER says; evaluate at the end.
 
-    ``checkpoint_meta``: what every checkpoint stores beside the tensors (default: a registry model's architecture).
+    ``checkpoint``: what every checkpoint stores beside the tensors and how a checkpoint is checked on resume (the
+    task's; default: nothing more, and tensor names and shapes compared).
 
     Returns the trainer and the final results: the last evaluation plus train_time_s, iterations and plots.
     """
@@ -59,7 +70,6 @@ def run_training(
     trainer = Trainer(
         wrap_for_training(cfg, model, device),
         optimizer,
-        scheduler,
         batches=batches,
         loss_fn=loss_fn,
         max_iter=max_iter,
@@ -67,21 +77,21 @@ def run_training(
         amp=s.AMP,
         clip_grad_norm=s.CLIP_GRAD_NORM,
         device=device,
-        ims_per_batch=s.IMS_PER_BATCH,
     )
     checkpointer = Checkpointer(
         cfg.OUTPUT_DIR, model, keep=s.CHECKPOINT_KEEP, optimizer=optimizer, scheduler=scheduler, scaler=trainer.scaler
     )
-    if checkpoint_meta is not None:
-        checkpointer.extra_meta = dict(checkpoint_meta)
-    elif hasattr(model, "arch_kwargs"):  # registry models: create_model(pretrained=model_final.pth) rebuilds it
-        checkpointer.extra_meta = checkpoint_metadata(model)
+    if checkpoint is not None:
+        checkpointer.extra_meta = dict(checkpoint.meta)
+        if checkpoint.check_fit is not None:
+            checkpointer.check_fit = checkpoint.check_fit
     start_iter = resume_with_current_solver(checkpointer, optimizer, scheduler) if resume else 0
     # A resumed run rewrites what came after its checkpoint; a fresh run starts a fresh file.
     writer = MetricsWriter(cfg.OUTPUT_DIR, start_iter) if is_main_process() else None
     trainer.register_hooks(
         [
-            LoggingHook(cfg.LOG_PERIOD, writer, iters_per_epoch),
+            LRSchedulerHook(scheduler),
+            LoggingHook(cfg.LOG_PERIOD, writer, iters_per_epoch, ims_per_batch=s.IMS_PER_BATCH),
             CheckpointHook(checkpointer, s.CHECKPOINT_PERIOD),
             EvalHook(cfg.TEST.EVAL_PERIOD, eval_fn, writer),
         ]

@@ -12,8 +12,9 @@ import torch
 import yaml
 
 from ..config import CfgNode, flatten
+from ..io import atomic_write_text
 from .distributed import get_rank, get_world_size, init_from_env, launched_by_torchrun
-from .events import atomic_write_text, setup_logger
+from .events import setup_logger
 
 logger = logging.getLogger(__name__)
 

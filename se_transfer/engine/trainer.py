@@ -6,12 +6,12 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
+from .amp import amp_dtype, autocast
 from .checkpoint import Checkpointer
 from .distributed import is_main_process
 from .events import MetricsWriter
@@ -52,7 +52,6 @@ class Trainer:
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
         batches: Callable[[int], Iterator[Batch]],
         loss_fn: LossFn,
         max_iter: int,
@@ -60,22 +59,17 @@ class Trainer:
         amp: str = "none",
         clip_grad_norm: float = 0.0,
         device: torch.device | str = "cpu",
-        ims_per_batch: int = 0,
     ) -> None:
-        if amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"SOLVER.AMP must be 'none', 'bf16' or 'fp16', got {amp!r}")
         self.model = model
         self.optimizer = optimizer
-        self.scheduler = scheduler
         self.batches = batches
         self.loss_fn = loss_fn
         self.max_iter = max_iter
         self.stop_iter = min(stop_iter or max_iter, max_iter)
         self.device = torch.device(device)
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.amp_dtype = amp_dtype(amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.clip_grad_norm = clip_grad_norm
-        self.ims_per_batch = ims_per_batch
         self.hooks: list[HookBase] = []
         self.iter = 0
         self.start_iter = 0
@@ -94,9 +88,7 @@ class Trainer:
                 self.hooks.append(h)
 
     def _autocast(self) -> Any:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device.type, self.amp_dtype)
 
     def run_step(self, batch: Batch) -> None:
         """One optimisation step on ``batch``."""
@@ -111,7 +103,6 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
         self._nonfinite |= ~torch.isfinite(loss.detach())
         self.last_losses = {k: v.detach() for k, v in losses.items()}
 
@@ -145,6 +136,17 @@ class Trainer:
         finally:
             for h in self.hooks:
                 h.after_train()
+
+
+class LRSchedulerHook(HookBase):
+    """Steps the learning-rate schedule after every optimisation step (register it first, so that the hooks after it
+    and the checkpoints see the LR of the next step)."""
+
+    def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self.scheduler = scheduler
+
+    def after_step(self) -> None:
+        self.scheduler.step()
 
 
 class CheckpointHook(HookBase):
@@ -219,10 +221,13 @@ class LoggingHook(HookBase):
     """Every ``period`` iterations: checks the loss is finite, writes loss/lr/throughput to metrics.jsonl, updates
     the progress bar and writes the same line to log.txt (iteration, losses, lr, images/s, ETA)."""
 
-    def __init__(self, period: int, writer: MetricsWriter | None, iters_per_epoch: int = 0) -> None:
+    def __init__(
+        self, period: int, writer: MetricsWriter | None, iters_per_epoch: int = 0, ims_per_batch: int = 0
+    ) -> None:
         self.period = max(1, period)
         self.writer = writer
         self.iters_per_epoch = iters_per_epoch
+        self.ims_per_batch = ims_per_batch  # for images/s
         self.bar = None
 
     def before_train(self) -> None:
@@ -248,7 +253,7 @@ class LoggingHook(HookBase):
         now = time.perf_counter()
         elapsed = max(now - self._t0 - (t.eval_time - self._eval0), 1e-9)  # evaluations are not training time
         self.total_time += elapsed
-        ims = t.ims_per_batch * (t.iter - self._it0) / max(elapsed, 1e-9)
+        ims = self.ims_per_batch * (t.iter - self._it0) / max(elapsed, 1e-9)
         record = {
             "iteration": t.iter,
             "loss": float(self._loss_sum) / self._n,

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..io import atomic_write
 from .factory import RESNET_DEFAULTS, RUNTIME_ARGS, baseline_of, build_model, list_models, model_defaults, model_entry
 from .resnet import ResNet
 from .se import se_hidden_channels
@@ -704,23 +705,6 @@ def checkpoint_metadata(model: ResNet) -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        # The file mode of any new file (writers such as safetensors' create theirs 0600), flushed to disk first.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_weights(model: ResNet, path: str | os.PathLike) -> Path:
     """Write the model's weights in our format (.pth, or .safetensors by suffix), atomically."""
     path = Path(path)
@@ -729,9 +713,9 @@ def save_weights(model: ResNet, path: str | os.PathLike) -> Path:
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        _atomic_write(path, lambda p: save_file(state, str(p), metadata={FORMAT_NAME: json.dumps(meta)}))
+        atomic_write(path, lambda p: save_file(state, str(p), metadata={FORMAT_NAME: json.dumps(meta)}))
     else:
-        _atomic_write(path, lambda p: torch.save({**meta, "model": state}, p))
+        atomic_write(path, lambda p: torch.save({**meta, "model": state}, p))
     return path
 
 
@@ -770,7 +754,7 @@ def save_detectron2(model: ResNet, path: str | os.PathLike) -> Path:
         with open(p, "wb") as f:
             pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 

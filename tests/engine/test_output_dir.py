@@ -202,7 +202,8 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_intact(tmp_path, 
 
     def disk_full(obj, f):
         real_save(obj, f)
-        f.truncate(10)  # a partial file, then the disk is full
+        with open(f, "r+b") as partial:  # a partial file, then the disk is full
+            partial.truncate(10)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckmod.torch, "save", disk_full)

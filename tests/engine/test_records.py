@@ -13,7 +13,7 @@ from se_transfer.config import get_cfg
 from se_transfer.engine.events import MetricsWriter, plot_metrics, read_metrics, setup_logger
 from se_transfer.engine.runner import run_training
 from se_transfer.engine.summary import format_duration, print_summary, summary_rows
-from se_transfer.engine.trainer import LoggingHook, Trainer
+from se_transfer.engine.trainer import LoggingHook, LRSchedulerHook, Trainer
 
 
 def _strict_records(path: Path) -> list[dict]:
@@ -91,9 +91,9 @@ def test_log_txt_has_a_line_per_log_period_that_the_console_does_not_repeat(tmp_
     model = nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
-    trainer = Trainer(model, opt, sched, _Data().batches, _loss, max_iter=12, ims_per_batch=8)
+    trainer = Trainer(model, opt, _Data().batches, _loss, max_iter=12)
     writer = MetricsWriter(tmp_path, start_iter=0, tensorboard=False)
-    trainer.register_hooks([LoggingHook(4, writer)])
+    trainer.register_hooks([LRSchedulerHook(sched), LoggingHook(4, writer, ims_per_batch=8)])
     trainer.train()
     writer.close()
     lines = [ln for ln in (tmp_path / "log.txt").read_text().splitlines() if "] iter " in ln]
@@ -128,7 +128,6 @@ def _run(cfg, evals):
 
     return run_training(
         cfg, model, _Data().batches, _loss, evaluate, torch.device("cpu"), max_iter=8, stop_iter=8, steps=[4, 8, 12],
-        checkpoint_meta={},
     )  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from se_transfer.cli import complexity_main, convert_weights_main
 from se_transfer.models import create_model
 from tests.helpers import randomize_batchnorm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_complexity_table_like_table_2(capsys):
@@ -158,3 +158,14 @@ def test_list_models_filters_by_family_pattern_and_se(capsys):
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [r["model"] for r in rows] == ["se_resnext101_32x4d", "se_resnext50_32x4d"]
     assert rows[0] == {"model": "se_resnext101_32x4d", "family": "imagenet", "se": True, "baseline": "resnext101_32x4d"}
+
+
+def test_an_output_dir_that_cannot_be_made_names_the_key(tmp_path, capsys):
+    from se_transfer.cli import train_main
+
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "run"
+    argv = ["--config-file", str(ROOT / "configs/quick/cifar10_demo.yaml"), "OUTPUT_DIR", str(out)]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: OUTPUT_DIR {out}") and err.count("\n") == 1, err

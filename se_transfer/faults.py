@@ -29,7 +29,7 @@ def _task_argv(task: str, data: Path, out: Path) -> list[str]:
     """A short run of ``task`` on generated data (written under ``data`` on first use) into ``out``."""
     common = ["OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu", "LOG_PERIOD", "1", "SOLVER.CHECKPOINT_PERIOD", "2"]
     if task == "cifar":
-        from .data.cifar import write_fake_cifar
+        from .data.demo import write_fake_cifar
 
         if not (data / "cifar-10-batches-py").is_dir():
             write_fake_cifar(data, "cifar10", num_train=512, num_test=200, seed=0)
@@ -43,7 +43,7 @@ def _task_argv(task: str, data: Path, out: Path) -> list[str]:
                 "SOLVER.WARMUP_ITERS", "2", "INPUT.MIN_SIZE_TRAIN", "(96, 128)", "INPUT.MIN_SIZE_TEST", "96",
                 "DATALOADER.NUM_WORKERS", "2", "TEST.EVAL_PERIOD", "0"]  # fmt: skip
     if task == "places":
-        from .data.places365 import write_fake_places365
+        from .data.demo import write_fake_places365
 
         if not (data / "places365_val.txt").is_file():
             write_fake_places365(data, per_class_train=1, per_class_val=1, image_size=(72, 96))

@@ -150,8 +150,7 @@ def prepare(work: Path) -> dict[str, str]:
     """Data and weights behind the README's placeholders, in ``work``; returns the path substitutions."""
     import torch
 
-    from se_transfer.data.cifar import write_fake_cifar
-    from se_transfer.data.places365 import write_fake_places365
+    from se_transfer.data.demo import write_fake_cifar, write_fake_places365
     from tests.helpers import calibrate_batchnorm
 
     for name in ("configs", "tools"):

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from ..config import CfgNode, config_key
-from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
+from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar
+from ..data.demo import write_fake_cifar
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.amp import amp_dtype, autocast
 from ..engine.distributed import all_reduce_sum, synchronize

@@ -15,13 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import CfgNode, config_key
-from ..data.coco import InferenceBatchSampler
-from ..data.places365 import (
-    Places365,
-    build_classification_loader,
-    infinite_classification_batches,
-    write_fake_places365,
-)
+from ..data.build import build_classification_loader, infinite_classification_batches
+from ..data.demo import write_fake_places365
+from ..data.places365 import Places365
+from ..data.samplers import InferenceBatchSampler
 from ..data.transforms import ClassificationTransform
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.distributed import all_gather_object, synchronize

@@ -1,7 +1,7 @@
 """Does Places365 loading keep up with training? Input-pipeline images/s per worker count vs. a model's training step.
 
 The input pipeline is read + JPEG decode + training augmentation (random resized crop 224 + flip, normalisation)
-through a DataLoader (:func:`se_transfer.data.places365.benchmark_input_pipeline`); the model step is forward +
+through a DataLoader (``se_transfer.data.build.benchmark_input_pipeline``); the model step is forward +
 backward + SGD step of ``create_model(model, num_classes=365)`` on random 224 x 224 inputs on the device. Both are
 per process, i.e. per rank: with several GPUs on one host each rank runs its own workers on a share of the cores.
 """
@@ -19,7 +19,9 @@ from typing import Any
 import torch
 
 from ..benchmark import device_name, make_step, sync_device, time_iters
-from ..data.places365 import PLACES365_NUM_CLASSES, Places365, benchmark_input_pipeline, write_fake_places365
+from ..data.build import benchmark_input_pipeline
+from ..data.demo import write_fake_places365
+from ..data.places365 import PLACES365_NUM_CLASSES, Places365
 from ..data.transforms import ClassificationTransform
 from ..engine.events import format_table
 from ..models import create_model

@@ -85,7 +85,7 @@ _C.INPUT.MIN_SIZE_TEST = 800
 _C.INPUT.MAX_SIZE_TEST = 1333
 _C.INPUT.FLIP_PROB = 0.5
 
-# Detection data sets by registered name (se_transfer.data.coco.COCO_DATASETS), all under DATA.ROOT. The paper's
+# Detection data sets by registered name (se_transfer.data.catalog.COCO_DATASETS), all under DATA.ROOT. The paper's
 # minival protocol: TRAIN ("coco_2014_train", "coco_2014_valminusminival") = train2017, TEST ("coco_2014_minival",)
 # = val2017.
 _C.DATASETS = CN()

@@ -2,34 +2,22 @@
 loaders and samplers (resumable, per-sample seeded augmentation), and writers of small generated sets in the same
 formats for demos and tests."""
 
-from .cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar, write_fake_cifar
-from .coco import (
-    COCO_2014_TRAIN_PAIR,
-    COCO_DATASETS,
-    AspectRatioGroupedBatchSampler,
-    CocoDetection,
-    InferenceBatchSampler,
+from .build import (
+    benchmark_input_pipeline,
+    build_classification_loader,
     build_detection_loader,
     collate_detection,
     infinite_batches,
-    read_rgb_image,
-    resolve_coco_dataset,
-    resolve_coco_datasets,
-    write_demo_coco,
-)
-from .common import DatasetError
-from .places365 import (
-    PLACES365_NUM_CLASSES,
-    PLACES365_SPLITS,
-    Places365,
-    ResumableDistributedSampler,
-    benchmark_input_pipeline,
-    build_classification_loader,
     infinite_classification_batches,
-    read_places365_categories,
-    read_rgb_tensor,
-    write_fake_places365,
 )
+from .catalog import COCO_2014_TRAIN_PAIR, COCO_DATASETS, resolve_coco_dataset, resolve_coco_datasets
+from .cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar
+from .coco import CocoDetection
+from .common import DatasetError
+from .decode import read_rgb_image, read_rgb_tensor
+from .demo import write_demo_coco, write_fake_cifar, write_fake_places365
+from .places365 import PLACES365_NUM_CLASSES, PLACES365_SPLITS, Places365, read_places365_categories
+from .samplers import AspectRatioGroupedBatchSampler, InferenceBatchSampler, ResumableDistributedSampler
 from .transforms import (
     ClassificationTransform,
     CropFlipParams,

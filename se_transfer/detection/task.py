@@ -12,13 +12,10 @@ import torch
 from torch import nn
 
 from ..config import CfgNode, ConfigError, config_key
-from ..data.coco import (
-    CocoDetection,
-    build_detection_loader,
-    infinite_batches,
-    resolve_coco_datasets,
-    write_demo_coco,
-)
+from ..data.build import build_detection_loader, infinite_batches
+from ..data.catalog import resolve_coco_datasets
+from ..data.coco import CocoDetection
+from ..data.demo import write_demo_coco
 from ..data.transforms import DetectionTransform
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.distributed import synchronize

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from se_transfer.cli import compare_main, train_main
-from se_transfer.data.cifar import write_fake_cifar
+from se_transfer.data.demo import write_fake_cifar
 from se_transfer.engine import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from se_transfer.cli import train_main
-from se_transfer.data.places365 import write_fake_places365
+from se_transfer.data.demo import write_fake_places365
 from se_transfer.engine import read_metrics
 from se_transfer.models import create_model, save_weights
 from tests.helpers import randomize_batchnorm

@@ -30,7 +30,7 @@ from se_transfer.data import (
     sample_crop_flip,
     write_fake_cifar,
 )
-from se_transfer.data.cifar import _dump_py2
+from se_transfer.data.demo.cifar import _dump_py2
 
 CIFAR10_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
 

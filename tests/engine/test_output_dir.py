@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from se_transfer.cli import train_main
-from se_transfer.data.cifar import write_fake_cifar
+from se_transfer.data.demo import write_fake_cifar
 from se_transfer.engine.checkpoint import Checkpointer
 from se_transfer.engine.output_dir import OutputDirError, claim_output_dir, remove_stale_temporaries
 

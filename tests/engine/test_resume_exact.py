@@ -79,7 +79,7 @@ def test_detection_with_workers_resumes_bit_exact(tmp_path):
 
 @pytest.mark.skipif(not CATEGORIES.is_file(), reason="../shared/data/places365 is absent")
 def test_places365_with_workers_resumes_bit_exact(tmp_path):
-    from se_transfer.data.places365 import write_fake_places365
+    from se_transfer.data.demo import write_fake_places365
 
     root = tmp_path / "places"
     write_fake_places365(root, classes_file=CATEGORIES, per_class_train=1, per_class_val=1, image_size=(72, 96))

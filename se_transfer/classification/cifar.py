@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from ..config import CfgNode, config_key
+from ..data.build import resumable_batches
 from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar
 from ..data.demo import write_fake_cifar
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
@@ -120,7 +120,7 @@ def run(
     results = train_classifier(
         cfg,
         model,
-        lambda start: _batches(train_loader, start),
+        lambda start: resumable_batches(train_loader, start),
         lambda: evaluate(model, test_loader, amp),
         device,
         len(train_loader),
@@ -128,15 +128,6 @@ def run(
     )
     _print_summary(cfg, results, eval_only=False)
     return results
-
-
-def _batches(loader: CifarLoader, start_iter: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches from iteration ``start_iter`` on, across epochs, exactly as an uninterrupted run sees them."""
-    ipe = len(loader)
-    epoch, start = divmod(start_iter, ipe)
-    while True:
-        yield from loader.epoch_iter(epoch, start_batch=start)
-        epoch, start = epoch + 1, 0
 
 
 def _print_summary(cfg: CfgNode, results: dict[str, Any], eval_only: bool) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import CfgNode, config_key
-from ..data.build import build_classification_loader, infinite_classification_batches
+from ..data.build import build_classification_loader, resumable_batches
 from ..data.demo import write_fake_places365
 from ..data.places365 import Places365
 from ..data.samplers import InferenceBatchSampler
@@ -206,7 +206,7 @@ def run(
     )
 
     def batches(start_iter: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in infinite_classification_batches(train_loader, start_iter):
+        for images, labels in resumable_batches(train_loader, start_iter):
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def eval_fn() -> dict[str, float]:

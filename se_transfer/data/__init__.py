@@ -7,8 +7,7 @@ from .build import (
     build_classification_loader,
     build_detection_loader,
     collate_detection,
-    infinite_batches,
-    infinite_classification_batches,
+    resumable_batches,
 )
 from .catalog import COCO_2014_TRAIN_PAIR, COCO_DATASETS, resolve_coco_dataset, resolve_coco_datasets
 from .cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar
@@ -42,7 +41,7 @@ __all__ = [
     "InferenceBatchSampler",
     "build_detection_loader",
     "collate_detection",
-    "infinite_batches",
+    "resumable_batches",
     "read_rgb_image",
     "resolve_coco_dataset",
     "resolve_coco_datasets",
@@ -71,7 +70,6 @@ __all__ = [
     "ResumableDistributedSampler",
     "benchmark_input_pipeline",
     "build_classification_loader",
-    "infinite_classification_batches",
     "read_places365_categories",
     "read_rgb_tensor",
     "write_fake_places365",

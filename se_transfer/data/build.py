@@ -41,7 +41,7 @@ def build_detection_loader(
     Training: an :class:`AspectRatioGroupedBatchSampler` (one orientation per batch when ``aspect_ratio_grouping``,
     else one group), shuffled per epoch from ``seed``, sharded, equal batch counts on all ranks, incomplete batches
     dropped. The loader is one epoch long and knows nothing of iterations: training loops over
-    :func:`infinite_batches` (``start_epoch`` and ``start_batch`` to resume), which calls ``set_epoch`` every epoch.
+    :func:`resumable_batches` (which resumes at a start iteration and calls ``set_epoch`` every epoch).
     Augmentation randomness: torch seeds every worker's ``random`` and numpy from the loader generator, seeded by
     (``seed``, rank) (:func:`loader_generator`).
     Evaluation: :class:`InferenceBatchSampler`, sequential, strided by rank, nothing dropped, no augmentation order.
@@ -65,30 +65,50 @@ def build_detection_loader(
     )
 
 
-def infinite_batches(loader: DataLoader, start_epoch: int = 0, start_batch: int = 0) -> Iterator[Any]:
-    """Batches of ``loader`` forever, epoch after epoch from ``start_epoch``, calling ``set_epoch`` before each.
+def resumable_batches(loader: Any, start_iter: int = 0) -> Iterator[Any]:
+    """The one training iterator: batches of ``loader`` forever, epoch after epoch, from global iteration
+    ``start_iter`` on, in the order of an uninterrupted run.
 
-    ``start_batch`` skips the first batches of the first epoch at the sampler (no images read), so a run resumed at
-    iteration ``it`` with ``len(loader)`` batches per epoch continues with ``start_epoch = it // len(loader)`` and
-    ``start_batch = it % len(loader)`` in the same batch order (the augmentations then differ).
+    It starts at epoch ``start_iter // len(loader)`` and skips that epoch's first ``start_iter % len(loader)``
+    batches where the sampling happens, so no skipped image is read: ``loader.epoch_iter(epoch, start_batch)`` (the
+    CIFAR loader), a batch sampler with ``set_epoch(epoch, start_batch=...)`` (the detection loader's), or a
+    :class:`ResumableDistributedSampler` (``set_epoch(epoch, start_index=...)``, the classification loader's); any
+    other loader's skipped batches are loaded and dropped. Per-sample augmentation seeds (``SeededIndex``) make the
+    resumed batches equal to the uninterrupted ones.
     """
-    sampler = loader.batch_sampler if hasattr(loader.batch_sampler, "set_epoch") else loader.sampler
-    if start_batch and not hasattr(sampler, "set_epoch"):
-        raise ValueError("start_batch needs a sampler with set_epoch(epoch, start_batch)")
-    epoch, skip = start_epoch, start_batch
+    if start_iter < 0:
+        raise ValueError(f"start_iter must be >= 0, got {start_iter}")
+    per_epoch = len(loader)
+    if per_epoch == 0:
+        raise ValueError("the loader yields no batches (fewer images than one batch per rank?)")
+    epoch, skip = divmod(start_iter, per_epoch)
     while True:
-        if skip:
-            sampler.set_epoch(epoch, start_batch=skip)
-        elif hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        skip = 0
         count = 0
-        for batch in loader:
+        for batch in _epoch(loader, epoch, skip):
             count += 1
             yield batch
         if count == 0:
             raise ValueError(f"the loader yields no batches in epoch {epoch}")
-        epoch += 1
+        epoch, skip = epoch + 1, 0
+
+
+def _epoch(loader: Any, epoch: int, skip: int) -> Iterator[Any]:
+    """One epoch of ``loader`` without its first ``skip`` batches (see ``resumable_batches``)."""
+    if hasattr(loader, "epoch_iter"):
+        return loader.epoch_iter(epoch, start_batch=skip)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if isinstance(batch_sampler, AspectRatioGroupedBatchSampler):
+        batch_sampler.set_epoch(epoch, start_batch=skip)
+        return iter(loader)
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, ResumableDistributedSampler):
+        sampler.set_epoch(epoch, start_index=skip * (loader.batch_size or 1))
+        return iter(loader)
+    for s in (batch_sampler, sampler):
+        if hasattr(s, "set_epoch"):
+            s.set_epoch(epoch)
+            break
+    return itertools.islice(iter(loader), skip, None)
 
 
 def build_classification_loader(
@@ -130,39 +150,6 @@ def build_classification_loader(
         persistent_workers=num_workers > 0,
         generator=loader_generator(seed, rank),
     )
-
-
-def infinite_classification_batches(loader: DataLoader, start_iter: int = 0) -> Iterator[Any]:
-    """Batches of ``loader`` forever, resuming at global iteration ``start_iter``; ``set_epoch`` before every epoch.
-
-    Starts at epoch ``start_iter // len(loader)`` and skips its first ``start_iter % len(loader)`` batches. With a
-    :class:`ResumableDistributedSampler` (what :func:`build_classification_loader` makes) the skip happens in the
-    sampler, so no skipped image is read; with any other sampler the skipped batches are loaded and thrown away.
-    The batch order after resuming is that of an uninterrupted run; the augmentations differ (new worker seeds).
-    """
-    if start_iter < 0:
-        raise ValueError(f"start_iter must be >= 0, got {start_iter}")
-    per_epoch = len(loader)
-    if per_epoch == 0:
-        raise ValueError("the loader yields no batches (fewer images than one batch per rank?)")
-    epoch, skip = divmod(start_iter, per_epoch)
-    sampler = loader.sampler
-    while True:
-        if isinstance(sampler, ResumableDistributedSampler):
-            sampler.set_epoch(epoch, start_index=skip * (loader.batch_size or 1))
-            batches: Iterator[Any] = iter(loader)
-        else:
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            batches = itertools.islice(iter(loader), skip, None)
-        skip = 0
-        count = 0
-        for batch in batches:
-            count += 1
-            yield batch
-        if count == 0:
-            raise ValueError(f"the loader yields no batches in epoch {epoch}")
-        epoch += 1
 
 
 _PREFETCH = 2  # batches in flight per worker (the DataLoader default)

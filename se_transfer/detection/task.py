@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..config import CfgNode, ConfigError, config_key
-from ..data.build import build_detection_loader, infinite_batches
+from ..data.build import build_detection_loader, resumable_batches
 from ..data.catalog import resolve_coco_datasets
 from ..data.coco import CocoDetection
 from ..data.demo import write_demo_coco
@@ -176,8 +176,7 @@ def run(
     ipe = len(train_loader)
 
     def batches(start_iter: int) -> Iterator[tuple[list, list]]:
-        # A resumed run continues with the same batch order (the random augmentations differ).
-        for batch in infinite_batches(train_loader, start_iter // ipe, start_iter % ipe):
+        for batch in resumable_batches(train_loader, start_iter):
             yield _to_device(batch, device)
 
     def loss_fn(m: nn.Module, batch: tuple[list, list]) -> dict[str, torch.Tensor]:

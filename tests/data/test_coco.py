@@ -20,11 +20,11 @@ from se_transfer.data import (
     InferenceBatchSampler,
     build_detection_loader,
     collate_detection,
-    infinite_batches,
     read_rgb_image,
     resize_shortest_edge_size,
     resolve_coco_dataset,
     resolve_coco_datasets,
+    resumable_batches,
     write_demo_coco,
 )
 
@@ -348,7 +348,7 @@ def test_train_loader_groups_and_is_reproducible(demo_root: Path):
         loader = build_detection_loader(train, 2, train=True, num_workers=num_workers, seed=1, rank=0, world_size=1)
         assert len(loader) == 7  # 15 images: 12 landscape -> 6 batches, 3 portrait -> 1 batch
         out = []
-        for step, (images, targets) in enumerate(infinite_batches(loader, start_epoch=0)):
+        for step, (images, targets) in enumerate(resumable_batches(loader)):
             assert len({im.shape[1] <= im.shape[2] for im in images}) == 1  # one orientation per batch
             out.append(([t["image_id"] for t in targets], [t["boxes"].sum().item() for t in targets]))
             if step == 8:  # runs into the second epoch

@@ -22,9 +22,9 @@ from se_transfer.data import (
     ResumableDistributedSampler,
     benchmark_input_pipeline,
     build_classification_loader,
-    infinite_classification_batches,
     read_places365_categories,
     read_rgb_tensor,
+    resumable_batches,
     write_fake_places365,
 )
 
@@ -345,12 +345,12 @@ def test_infinite_batches_resume() -> None:
     ds = _Indices(20)
     loader = build_classification_loader(ds, 3, train=True, num_workers=0, seed=4, rank=1, world_size=2)
     assert len(loader) == 3
-    stream = infinite_classification_batches(loader)
+    stream = resumable_batches(loader)
     full = [next(stream)[0].tolist() for _ in range(10)]
     epochs = [sorted(sum(full[e * 3 : e * 3 + 3], [])) for e in range(3)]
     assert epochs[0] != [] and full[:3] != full[3:6]
     for start in (0, 2, 3, 7):
-        resumed = infinite_classification_batches(
+        resumed = resumable_batches(
             build_classification_loader(ds, 3, train=True, num_workers=0, seed=4, rank=1, world_size=2), start
         )
         assert [next(resumed)[0].tolist() for _ in range(10 - start)] == full[start:]

@@ -79,8 +79,14 @@ def train_classifier(
         iters_per_epoch=iters_per_epoch,
         resume=resume,
         checkpoint=CheckpointContent(checkpoint_metadata(model), check_fit),
+        is_head=is_classifier_head,
     )
     return results
+
+
+def is_classifier_head(name: str) -> bool:
+    """Whether parameter ``name`` belongs to a classifier's head (``fc``), the part fine-tuning trains at full LR."""
+    return name.startswith("fc.")
 
 
 def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -122,7 +122,8 @@ _C.SOLVER.LR_SCHEDULER = "multistep"
 # Milestones of the multistep schedule: in epochs when EPOCHS > 0, else in iterations.
 _C.SOLVER.STEPS = ()
 _C.SOLVER.GAMMA = 0.1
-# Fine-tuning: the learning rate of everything but the classifier head is BASE_LR times this (1: one LR for all).
+# Fine-tuning: the learning rate of the pretrained part (classification: all but the head fc; detection: the
+# backbone, not the FPN and heads) is BASE_LR times this (1: one LR for all).
 _C.SOLVER.BACKBONE_LR_MULTIPLIER = 1.0
 # Linear warm-up from WARMUP_FACTOR * BASE_LR over WARMUP_ITERS iterations (0: none).
 _C.SOLVER.WARMUP_ITERS = 0

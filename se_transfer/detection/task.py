@@ -197,6 +197,8 @@ def run(
         resume=resume,
         # model_final.pth rebuilds the backbone the weights were trained as (eval-only, fine-tuning)
         checkpoint=CheckpointContent({BACKBONE_META_KEY: checkpoint_metadata(model.backbone.body)}, check_fit),
+        # SOLVER.BACKBONE_LR_MULTIPLIER scales the ImageNet backbone; FPN, RPN and box head train at BASE_LR
+        is_head=lambda name: not name.startswith("backbone.body."),
     )
     _print_summary(cfg, test_set, results, paper, eval_only=False)
     return results

@@ -45,18 +45,20 @@ def run_training(
     iters_per_epoch: int = 0,
     resume: bool = False,
     checkpoint: CheckpointContent | None = None,
+    is_head: Callable[[str], bool] | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
     """Train ``model`` (wrapped by DDP / compile as ``wrap_for_training`` says) as cfg.SOLVER says; evaluate at the end.
 
     ``checkpoint``: what every checkpoint stores beside the tensors and how a checkpoint is checked on resume (the
-    task's; default: nothing more, and tensor names and shapes compared).
+    task's; default: nothing more, and tensor names and shapes compared). ``is_head(parameter name)``: the task's
+    head, trained at SOLVER.BASE_LR while the rest takes SOLVER.BACKBONE_LR_MULTIPLIER times it.
 
     Returns the trainer and the final results: the last evaluation plus train_time_s, iterations and plots.
     """
     s = cfg.SOLVER
     _check_milestones(cfg, steps, max_iter, iters_per_epoch)
     optimizer = build_optimizer(
-        model, s.OPTIMIZER, s.BASE_LR, s.MOMENTUM, s.WEIGHT_DECAY, s.NESTEROV, s.BACKBONE_LR_MULTIPLIER
+        model, s.OPTIMIZER, s.BASE_LR, s.MOMENTUM, s.WEIGHT_DECAY, s.NESTEROV, s.BACKBONE_LR_MULTIPLIER, is_head
     )
     scheduler = build_lr_scheduler(
         optimizer,

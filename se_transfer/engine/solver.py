@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -16,12 +16,13 @@ def build_optimizer(
     weight_decay: float = 1e-4,
     nesterov: bool = False,
     backbone_lr_multiplier: float = 1.0,
-    head_prefix: str = "fc.",
+    is_head: Callable[[str], bool] | None = None,
 ) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov) or AdamW over the trainable parameters, weight decay on all (the papers' recipes).
 
-    With ``backbone_lr_multiplier`` != 1 the parameters outside the head (names starting with ``head_prefix``) form
-    a second group at ``lr * backbone_lr_multiplier``; schedules scale both groups alike.
+    With ``backbone_lr_multiplier`` != 1 the parameters outside the head (``is_head(name)`` false; the task says
+    which parameters are its head) form a second group at ``lr * backbone_lr_multiplier``; schedules scale both
+    groups alike.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
@@ -29,10 +30,12 @@ def build_optimizer(
     if backbone_lr_multiplier == 1.0:
         groups = [{"params": [p for _, p in named], "lr": lr}]
     else:
-        head = [p for n, p in named if n.startswith(head_prefix)]
+        if is_head is None:
+            raise ValueError("SOLVER.BACKBONE_LR_MULTIPLIER: this task does not say which parameters are its head")
+        head = [p for n, p in named if is_head(n)]
         if not head:
-            raise ValueError(f"SOLVER.BACKBONE_LR_MULTIPLIER needs a head named {head_prefix!r}*; found none trainable")
-        body = [p for n, p in named if not n.startswith(head_prefix)]
+            raise ValueError("SOLVER.BACKBONE_LR_MULTIPLIER needs trainable head parameters; found none")
+        body = [p for n, p in named if not is_head(n)]
         groups = [{"params": head, "lr": lr}]
         if body:
             groups.append({"params": body, "lr": lr * backbone_lr_multiplier})

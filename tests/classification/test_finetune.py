@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from se_transfer.classification.model import attach_input_normalization, build_classifier
+from se_transfer.classification.model import attach_input_normalization, build_classifier, is_classifier_head
 from se_transfer.config import ConfigError, load_config
 from se_transfer.engine import build_optimizer
 from se_transfer.models import CAFFE_BGR, create_model, normalize_input, save_weights
@@ -42,7 +42,9 @@ def test_backbone_lr_multiplier_and_frozen_stages(imagenet_weights):
     cfg = load_config(None, ["MODEL.ARCH", "se_resnet18", "MODEL.WEIGHTS", str(path), "MODEL.BACKBONE.FREEZE_AT", "2"])
     model = build_classifier(cfg, 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = build_optimizer(model, "SGD", lr=0.5, weight_decay=0.0, backbone_lr_multiplier=0.0)
+    opt = build_optimizer(
+        model, "SGD", lr=0.5, weight_decay=0.0, backbone_lr_multiplier=0.0, is_head=is_classifier_head
+    )
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.0]
     assert len(opt.param_groups[0]["params"]) == 2  # fc.weight, fc.bias
     _step(model, opt)
@@ -55,7 +57,9 @@ def test_backbone_lr_multiplier_and_frozen_stages(imagenet_weights):
             assert not moved, f"frozen {k} moved"  # weights and BN statistics alike
         elif "running" not in k and "num_batches" not in k:
             assert not moved, f"{k} moved with a zero LR multiplier"
-    opt = build_optimizer(model, "SGD", lr=0.5, weight_decay=0.0, backbone_lr_multiplier=0.1)
+    opt = build_optimizer(
+        model, "SGD", lr=0.5, weight_decay=0.0, backbone_lr_multiplier=0.1, is_head=is_classifier_head
+    )
     assert [g["lr"] for g in opt.param_groups] == [0.5, pytest.approx(0.05)]
     w = model.layer3[0].conv1.weight.detach().clone()
     _step(model, opt)

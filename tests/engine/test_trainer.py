@@ -90,3 +90,14 @@ def test_a_nan_loss_stops_the_run_and_no_checkpoint_holds_it(tmp_path):
         trainer.train()
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000002.pth"]
     assert isinstance(trainer.failed, NonFiniteLossError)
+
+
+def test_the_task_says_which_parameters_are_its_head():
+    from se_transfer.engine import build_optimizer
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    opt = build_optimizer(model, "SGD", 0.1, backbone_lr_multiplier=0.5, is_head=lambda n: n.startswith("1."))
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.05]
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    with pytest.raises(ValueError, match="does not say which parameters are its head"):
+        build_optimizer(model, "SGD", 0.1, backbone_lr_multiplier=0.5)

@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "se_transfer"
 # What each part may not import (se_transfer sub-packages / modules), lazily inside functions included.
 FORBIDDEN = {
     "io": {"config", "registry", "ops", "models", "data", "engine", "classification", "detection", "cli", "benchmark"},
+    "state": {"config", "registry", "ops", "models", "data", "engine", "classification", "detection", "cli", "io"},
     "registry": {"config", "ops", "models", "data", "engine", "classification", "detection", "cli", "benchmark"},
     "config": {"ops", "models", "data", "engine", "classification", "detection", "cli", "benchmark"},
     "ops": {"models", "data", "engine", "classification", "detection", "cli", "benchmark"},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.amp import amp_dtype, autocast
 from ..engine.distributed import all_reduce_sum, synchronize
 from ..engine.events import progress
-from ..engine.runner import record_evaluation
+from ..engine.runner import evaluate_only
 from ..engine.summary import print_summary, summary_rows
 from .metrics import accuracy_results, accuracy_rows, topk_hits
 from .model import build_classifier, check_trained_head, train_classifier
@@ -109,10 +108,7 @@ def run(
 
     if eval_only:
         check_trained_head(cfg, model)
-        start = time.perf_counter()
-        results = evaluate(model, test_loader, amp)
-        results["eval_time_s"] = time.perf_counter() - start
-        record_evaluation(cfg.OUTPUT_DIR, results)
+        results = evaluate_only(cfg.OUTPUT_DIR, lambda: evaluate(model, test_loader, amp))
         _print_summary(cfg, results, eval_only=True)
         return results
 

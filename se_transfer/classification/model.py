@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from ..config import CfgNode, ConfigError
+from ..engine.runner import CheckpointContent, run_training, schedule_from_cfg
 from ..models import create_model
 from ..models.factory import model_entry
-from ..models.weights import IMAGENET_RGB, normalize_input
+from ..models.weights import IMAGENET_RGB, check_fit, checkpoint_metadata, normalize_input
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +63,6 @@ def train_classifier(
 ) -> dict[str, Any]:
     """Train a classifier with cross-entropy on ``batches(start_iter)`` as cfg.SOLVER says (epochs or iterations),
     evaluating with ``eval_fn``; checkpoints carry the architecture, so model_final.pth rebuilds the model."""
-    from ..engine.runner import CheckpointContent, run_training, schedule_from_cfg
-    from ..models.weights import check_fit, checkpoint_metadata
-
     max_iter, stop_iter, steps = schedule_from_cfg(cfg, iters_per_epoch)
     _, results = run_training(
         cfg,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from ..data.transforms import ClassificationTransform
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.distributed import all_gather_object, synchronize
 from ..engine.events import progress
-from ..engine.runner import record_evaluation
+from ..engine.runner import evaluate_only
 from ..engine.summary import print_summary, summary_rows
 from ..io import atomic_write_text
 from .metrics import accuracy_results, accuracy_rows
@@ -186,11 +185,7 @@ def run(
 
     if eval_only:
         check_trained_head(cfg, model)
-        start = time.perf_counter()
-        results = evaluate(model, val_loader, val_set, device, cfg.OUTPUT_DIR)
-        if is_main_process():
-            results["eval_time_s"] = time.perf_counter() - start
-        record_evaluation(cfg.OUTPUT_DIR, results)
+        results = evaluate_only(cfg.OUTPUT_DIR, lambda: evaluate(model, val_loader, val_set, device, cfg.OUTPUT_DIR))
         if is_main_process():
             _print_summary(cfg, results, paper, eval_only=True)
         return results

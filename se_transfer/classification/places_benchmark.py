@@ -62,6 +62,8 @@ def benchmark_model_step(
 
 def benchmark_places_command(args: Any) -> int:
     """The body of tools/benchmark_places_input.py on its parsed arguments (see se_transfer.cli.tools)."""
+    if args.root is not None and not Path(args.root).is_dir():
+        raise FileNotFoundError(f"--root: Places365 root not found: {args.root}")
     device = torch.device(args.device)
     amp = args.amp or ("bf16" if device.type == "cuda" else "none")
 

@@ -191,8 +191,8 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"both runs would train {cfgs[0].MODEL.ARCH}: do not override MODEL.ARCH here")
         if cfgs[0].OUTPUT_DIR == cfgs[1].OUTPUT_DIR:
             raise ConfigError(f"both configs write to OUTPUT_DIR {cfgs[0].OUTPUT_DIR}; give them their own")
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except expected_errors() as e:
+        report_error(e)
         return 2
     rows, summary = [], {}
     for cfg in cfgs:

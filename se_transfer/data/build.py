@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import statistics
 import time
@@ -15,8 +14,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .common import loader_generator
 from .samplers import AspectRatioGroupedBatchSampler, InferenceBatchSampler, ResumableDistributedSampler, _aspect_ratios
-
-logger = logging.getLogger(__name__)
 
 
 def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict]]:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from .common import DatasetError
-
-logger = logging.getLogger(__name__)
-
 
 #: Registered data sets: name -> (image folder, annotation file), both relative to DATA.ROOT. The minival protocol's
 #: ``coco_2014_train`` and ``coco_2014_valminusminival`` are listed with train2017, which is exactly their union; they

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import numpy as np
 import torch
 
 from .common import DatasetError
-
-logger = logging.getLogger(__name__)
 
 
 def read_rgb_image(path: str | os.PathLike[str]) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -12,8 +11,6 @@ import numpy as np
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from .common import SeededIndex, sample_seed, seeded_indices
-
-logger = logging.getLogger(__name__)
 
 
 class AspectRatioGroupedBatchSampler(Sampler[list[int]]):

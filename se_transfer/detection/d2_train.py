@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cli.errors import UsageError  # bad config, missing file, contradicting weights: one line, exit status 2
 from .backbone import BackboneConfigError
 from .d2 import (
     INSTALL_HINT,
@@ -30,10 +31,6 @@ from .d2 import (
 )
 
 logger = logging.getLogger("se_transfer.detection.d2")
-
-
-class UsageError(Exception):
-    """An expected failure: bad config, missing file, contradicting weights. Printed as one line, exit status 2."""
 
 
 def setup_cfg(args: Any) -> Any:

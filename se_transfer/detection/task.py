@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from ..data.transforms import DetectionTransform
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.distributed import synchronize
 from ..engine.events import progress
-from ..engine.runner import CheckpointContent, record_evaluation, run_training
+from ..engine.runner import CheckpointContent, evaluate_only, run_training
 from ..engine.summary import print_summary, summary_rows
 from ..models.weights import check_fit, checkpoint_metadata
 from .backbone import BACKBONE_META_KEY
@@ -149,10 +148,7 @@ def run(
                 "weights only, or none), so randomly initialised RPN and box heads would be evaluated; pass a "
                 "detector checkpoint (OUTPUT_DIR/model_final.pth of a training run)"
             )
-        start = time.perf_counter()
-        results = evaluate(model, test_loader, evaluator, device)
-        results["eval_time_s"] = time.perf_counter() - start
-        record_evaluation(cfg.OUTPUT_DIR, results)
+        results = evaluate_only(cfg.OUTPUT_DIR, lambda: evaluate(model, test_loader, evaluator, device))
         _print_summary(cfg, test_set, results, paper, eval_only=True)
         return results
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..io import atomic_write, atomic_write_text
+from ..state import misfit
 from .distributed import all_gather_object, get_rank, is_main_process
 
 logger = logging.getLogger(__name__)
@@ -27,19 +28,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 def compare_states(
     expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], path: str | os.PathLike, what: str
 ) -> None:
-    """Raise ValueError when ``state`` lacks, adds or mis-shapes tensors of ``expected`` (counts and first names)."""
-    want = {k: tuple(v.shape) for k, v in expected.items() if not k.endswith("num_batches_tracked")}
-    have = {k: tuple(getattr(v, "shape", ())) for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    problems = []
-    for label, keys in (
-        ("missing", sorted(set(want) - set(have))),
-        ("unexpected", sorted(set(have) - set(want))),
-        ("mis-shaped", sorted(k for k in set(want) & set(have) if want[k] != have[k])),
-    ):
-        if keys:
-            problems.append(f"{len(keys)} {label} tensors (e.g. {keys[0]})")
-    if problems:
-        raise ValueError(f"{path}: does not fit {what}: {', '.join(problems)}")
+    """The default check of a checkpoint against the model: ValueError naming the tensors that do not fit."""
+    details = misfit(expected, state)
+    if details:
+        raise ValueError(f"{path}: does not fit {what}: {details}")
 
 
 def rng_state() -> dict[str, Any]:

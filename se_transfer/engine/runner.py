@@ -56,7 +56,7 @@ def run_training(
     Returns the trainer and the final results: the last evaluation plus train_time_s, iterations and plots.
     """
     s = cfg.SOLVER
-    _check_milestones(cfg, steps, max_iter, iters_per_epoch)
+    _check_milestones(cfg, steps, max_iter)
     optimizer = build_optimizer(
         model, s.OPTIMIZER, s.BASE_LR, s.MOMENTUM, s.WEIGHT_DECAY, s.NESTEROV, s.BACKBONE_LR_MULTIPLIER, is_head
     )
@@ -122,7 +122,7 @@ def run_title(cfg: CfgNode) -> str:
     return f"{cfg.MODEL.ARCH} on {data}"
 
 
-def _check_milestones(cfg: CfgNode, steps: Sequence[int], max_iter: int, iters_per_epoch: int) -> None:
+def _check_milestones(cfg: CfgNode, steps: Sequence[int], max_iter: int) -> None:
     """Warn about SOLVER.STEPS milestones the schedule never reaches (they would pass without a word)."""
     if cfg.SOLVER.LR_SCHEDULER != "multistep":
         return
@@ -154,6 +154,16 @@ def resume_with_current_solver(checkpointer: Checkpointer, optimizer: Any, sched
         group["lr"] = base * fn(scheduler.last_epoch)
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
     return start_iter
+
+
+def evaluate_only(output_dir: str, evaluate: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """An --eval-only run's evaluation: ``evaluate()`` timed (``eval_time_s``) and recorded in metrics.jsonl."""
+    start = time.perf_counter()
+    results = evaluate()
+    if results:  # the main process's (other ranks may get none)
+        results["eval_time_s"] = time.perf_counter() - start
+    record_evaluation(output_dir, results)
+    return results
 
 
 def record_evaluation(output_dir: str, results: dict[str, Any]) -> None:

@@ -186,18 +186,17 @@ class EvalHook(HookBase):
         self.period = period
         self.eval_fn = eval_fn
         self.writer = writer
-        self.total_time = 0.0  # seconds spent evaluating
 
     def _evaluate(self) -> None:
         t = self.trainer
         t.check_finite()
         start = time.perf_counter()
         results = self.eval_fn()
-        self.total_time += time.perf_counter() - start
-        t.eval_time += time.perf_counter() - start
+        took = time.perf_counter() - start
+        t.eval_time += took
         t.last_eval = results
         shown = ", ".join(f"{k} {v:.2f}" for k, v in results.items() if isinstance(v, float))
-        logger.info("evaluation at iteration %d (%.1f s): %s", t.iter, time.perf_counter() - start, shown)
+        logger.info("evaluation at iteration %d (%.1f s): %s", t.iter, took, shown)
         if self.writer is not None:
             self.writer.write({"iteration": t.iter, **results})
 
@@ -233,10 +232,9 @@ class LoggingHook(HookBase):
     def before_train(self) -> None:
         t = self.trainer
         self._t0, self._it0, self._eval0 = time.perf_counter(), t.iter, t.eval_time
-        self._train_time, self._trained = 0.0, 0  # time and iterations of training steps (evaluations excluded)
         self._loss_sum: torch.Tensor | None = None
         self._n = 0
-        self.total_time = 0.0
+        self.total_time = 0.0  # seconds of training steps so far (evaluations excluded)
         if is_main_process():
             from tqdm import tqdm
 
@@ -270,11 +268,10 @@ class LoggingHook(HookBase):
         if self.bar is not None:
             self.bar.update(t.iter - self.bar.n)
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.3g}", img_s=f"{ims:.0f}")
-        self._train_time += elapsed
-        self._trained += t.iter - self._it0
-        eta = (t.stop_iter - t.iter) * self._train_time / max(1, self._trained)
+        eta = (t.stop_iter - t.iter) * self.total_time / max(1, t.iter - t.start_iter)
         parts = [f"loss {record['loss']:.4f}"]
-        parts += [f"{k} {float(v):.4f}" for k, v in t.last_losses.items() if len(t.last_losses) > 1]
+        if len(t.last_losses) > 1:  # the terms, as written to the record above
+            parts += [f"{k} {record[k]:.4f}" for k in t.last_losses]
         logger.info(
             "iter %d/%d  %s  lr %.4g  %.1f img/s  %.3f s/it  eta %s",
             t.iter,

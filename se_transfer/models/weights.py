@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..io import atomic_write
+from ..state import misfit
 from .factory import RESNET_DEFAULTS, RUNTIME_ARGS, baseline_of, build_model, list_models, model_defaults, model_entry
 from .resnet import ResNet
 from .se import se_hidden_channels
@@ -657,27 +658,11 @@ def check_fit(
     stage, SE, classes; ``saved``: the architecture the file says it holds), then the first missing, unexpected and
     mis-shaped tensors with their counts.
 
-    BatchNorm's num_batches_tracked counters are ignored on both sides (old checkpoints and FrozenBN lack them).
+    The comparison is ``se_transfer.state.misfit``'s.
     """
-    want = {k: v for k, v in expected.items() if not k.endswith("num_batches_tracked")}
-    present = {k for k in state if not k.endswith("num_batches_tracked")}
-    misshaped = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(want[k].shape)}"
-        for k in sorted(present & set(want))
-        if state[k].shape != want[k].shape
-    ]
-    problems = []
-    for label, items in (
-        ("missing", sorted(set(want) - present)),
-        ("unexpected", sorted(present - set(want))),
-        ("mis-shaped", misshaped),
-    ):
-        if items:
-            shown = ", ".join(items[:2]) + (f", ... ({len(items)} in all)" if len(items) > 2 else "")
-            problems.append(f"{label} tensors: {shown}")
-    if problems:
-        why = explain_misfit(want, state, what, saved)
-        details = "; ".join(problems)
+    details = misfit(expected, state)
+    if details:
+        why = explain_misfit(expected, state, what, saved)
         raise _fail(path, f"does not fit {what}: " + (f"{why} ({details})" if why else details))
 
 

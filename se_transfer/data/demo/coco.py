@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
-
 
 # Category id (non-contiguous, as in COCO) -> (name, RGB colour).
 _DEMO_CATEGORIES: dict[int, tuple[str, tuple[int, int, int]]] = {

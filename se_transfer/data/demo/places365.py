@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +18,6 @@ from ..places365 import (
     _check_split,
     read_places365_categories,
 )
-
-logger = logging.getLogger(__name__)
-
 
 # Eight of the shared colours (the purple and the brown of CIFAR's ten are left out).
 _PALETTE = FAKE_COLOURS[[0, 1, 2, 3, 4, 5, 6, 8]]

@@ -11,7 +11,7 @@ mkdir -p "$out"
 gpu=$(python -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_'))")
 log="$out/gpu_${gpu}_$(date -u +%Y%m%d).txt"
 run() { echo "\$ $*" | tee -a "$log"; "$@" 2>&1 | tee -a "$log"; }
-run python -m pytest -q tests/test_fused_se.py tests/models/test_se_impl.py -p no:cacheprovider
+run python -m pytest -q tests/ops/test_fused_se.py tests/models/test_se_impl.py -p no:cacheprovider
 common="--model se_resnet50 --baseline resnet50 --device cuda --batch-size 256 --amp bf16 --channels-last --mode both"
 run python tools/benchmark.py $common --json
 run python tools/benchmark.py $common --compile --json

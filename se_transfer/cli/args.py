@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 
-SE_IMPL_CHOICES = ("auto", "eager", "triton")  # se_transfer.models.se.SE_IMPLS
+SE_IMPL_CHOICES = ("auto", "eager", "triton")  # se_transfer.ops.dispatch.SE_IMPLS
 AMP_CHOICES = ("none", "bf16", "fp16")  # se_transfer.benchmark.AMP_DTYPES
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 

@@ -27,8 +27,8 @@ import torch
 
 from ..models import create_model
 from ..models.factory import RUNTIME_ARGS, model_entry
+from ..models.fast_se import set_se_impl
 from ..models.resnet import STAGE_NAMES, ResNet
-from ..models.se import set_se_impl
 from ..models.weights import (
     IMAGENET_RGB,
     STRUCTURE_KEYS,

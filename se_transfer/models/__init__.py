@@ -1,8 +1,10 @@
 """SE-ResNet / SE-ResNeXt / SENet-154 and their baselines: ``create_model``, ``list_models``, weight loading."""
 
+from ..ops.dispatch import SE_IMPLS
 from .factory import MODEL_REGISTRY, baseline_of, create_model, list_models, model_defaults, register_model
+from .fast_se import FastSEModule, se_impl, set_se_impl
 from .resnet import STAGE_NAMES, BasicBlock, Bottleneck, ResNet, ShapeSpec, convert_frozen_batchnorm
-from .se import SE_IMPLS, SEModule, se_impl, set_se_impl
+from .se import SEModule
 from .weights import (
     CAFFE_BGR,
     IMAGENET_RGB,
@@ -23,6 +25,7 @@ __all__ = [
     "ResNet",
     "SE_IMPLS",
     "SEModule",
+    "FastSEModule",
     "ShapeSpec",
     "WeightsError",
     "baseline_of",

@@ -145,7 +145,7 @@ class CifarBasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.se is not None:
-            return self.se.scale_residual(out, shortcut, relu=True)
+            return self.se.residual_sum(out, shortcut, relu=True)
         return self.relu(out + shortcut)
 
 
@@ -225,7 +225,7 @@ class PreActBottleneck(nn.Module):
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.relu(self.bn3(out)))
         if self.se is not None:
-            return self.se.scale_residual(out, shortcut, relu=False)
+            return self.se.residual_sum(out, shortcut, relu=False)
         return out + shortcut
 
 
@@ -298,7 +298,7 @@ class WideBasicBlock(nn.Module):
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         out = self.conv2(out)
         if self.se is not None:
-            return self.se.scale_residual(out, shortcut, relu=False)
+            return self.se.residual_sum(out, shortcut, relu=False)
         return out + shortcut
 
 
@@ -489,7 +489,7 @@ class ShakeBlock(nn.Module):
             self.branch1(x), self.branch2(x), self.training, self.shake_forward, self.shake_backward, self.shake_level
         )
         if self.se is not None:
-            return self.se.scale_residual(out, shortcut, relu=False)
+            return self.se.residual_sum(out, shortcut, relu=False)
         return out + shortcut
 
 

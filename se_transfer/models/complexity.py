@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .se import SEModule, se_impl
+from .fast_se import se_impl
+from .se import SEModule
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,8 +12,8 @@ from typing import Any
 from torch import nn
 
 from ..registry import Registry
+from .fast_se import set_se_impl
 from .resnet import ResNet
-from .se import set_se_impl
 
 MODEL_REGISTRY = Registry("model")
 
@@ -134,7 +134,7 @@ def create_model(
     ``features_only``, ``out_features``, ``freeze_at``, ``norm``, ...). With ``pretrained``, the flavour of the
     checkpoint (stride position, stem pool, SE widths) is applied unless overridden, its input normalisation is kept
     in ``model.input_norm``, and a classifier head of another size is re-initialised. ``se_impl`` chooses how the
-    SE blocks are computed ('auto', 'eager' or 'triton'; see ``se_transfer.models.se.SE_IMPLS``).
+    SE blocks are computed ('auto', 'eager' or 'triton'; see ``se_transfer.ops.dispatch``).
     """
     entry = model_entry(name)
     valid = _builder_args(entry.builder)

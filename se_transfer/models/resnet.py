@@ -110,14 +110,17 @@ class _ResidualBlock(nn.Module):
     def residual(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         variant = self.se_variant
-        shortcut = x if self.downsample is None else self.downsample(x)
+        shortcut = self.shortcut(x)
         if variant == "pre":
             x = self.se(x)
         out = self.residual(x)
         if variant == "standard":
-            return self.se.scale_residual(out, shortcut, relu=True)
+            return self.se.residual_sum(out, shortcut, relu=True)
         if variant == "identity":
             shortcut = self.se(shortcut)
         out = self.relu(out + shortcut)
@@ -203,26 +206,16 @@ class Bottleneck(_ResidualBlock):
             se_hidden,
         )
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    def residual_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch up to the input of its last 1x1 conv."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         if self.se_variant == "3x3":
             out = self.se(out)
-        return self.bn3(self.conv3(out))
+        return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.se_variant != "standard":
-            return super().forward(x)
-        se, conv3, bn3 = self._modules["se"], self._modules["conv3"], self._modules["bn3"]
-        fold = se.producer_fold(x, conv3, bn3)
-        if fold is None:
-            return super().forward(x)
-        # Inference: the gate comes from the input of conv3 (SEModule.producer_excitation), before conv3 runs,
-        # so U is written once and read once (by the scale + sum), as in the baseline's sum.
-        shortcut = x if self.downsample is None else self.downsample(x)
-        h = self.relu(self.bn1(self.conv1(x)))
-        h = self.relu(self.bn2(self.conv2(h)))
-        return torch.addcmul(shortcut, bn3(conv3(h)), se.producer_excitation(h, fold)).relu_()
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn3(self.conv3(self.residual_head(x)))
 
 
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:

@@ -17,7 +17,7 @@ concurrent first uses (DDP ranks) are safe. Building takes well under a second.
 
 Nothing here is required: without a compiler, with ``SE_TRANSFER_CPU_KERNEL=0``, or when the build or the load
 fails, :func:`available` is False, :func:`unavailable_reason` says why, and the SE blocks compute the same gate with
-PyTorch ops (see ``SEModule.producer_excitation``).
+PyTorch ops (see ``se_transfer.ops.producer_fold``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .fused_se import GATES  # their indices are the kernel's gate codes (0 sigmoid, 1 tanh, 2 relu)
+from .gates import check_gate, gate_code
 
 SOURCE = Path(__file__).with_name("csrc") / "se_gate.c"
 ABI = 3  # SE_GATE_ABI in csrc/se_gate.c
@@ -204,8 +204,7 @@ class GateParams:
         fn = _function()
         if fn is None:
             raise RuntimeError(f"the native SE gate is not available: {unavailable_reason()}")
-        if gate not in GATES:
-            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        check_gate(gate, "gate")
         if w1.dim() != 2 or w2t.dim() != 2:
             raise ValueError(f"w1 and w2t must be 2-D, got {w1.dim()}-D and {w2t.dim()}-D")
         if b1 is None:
@@ -231,7 +230,7 @@ class GateParams:
             cin,
             hid,
             c,
-            GATES.index(gate),
+            gate_code(gate),
         )
         self.ref = ctypes.byref(self.struct)
 

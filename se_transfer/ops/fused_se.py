@@ -7,8 +7,8 @@ Design
 ------
 Only the N x C x H x W tensors are worth fusing: the excitation itself (two FCs on an N x C vector, the gate and,
 in the backward pass, their manual derivatives) is tiny and stays in plain fp32 torch inside the ops. The big-tensor
-work is four Triton kernels; every load is cast to fp32, every accumulation is fp32, every store is cast to the
-element type of the output:
+work is four Triton kernels (``se_transfer.ops.triton_kernels``); every load is cast to fp32, every accumulation is
+fp32, every store is cast to the element type of the output:
 
 * squeeze: partial sums of ``u`` over chunks of H*W, one program per (n, channel block, split), into an fp32
   ``[N, SPLIT, C]`` buffer that torch sums and divides by H*W;
@@ -40,34 +40,22 @@ calls. Triton is imported on first use; without it (or on a CPU tensor outside T
 
 from __future__ import annotations
 
-import functools
 import os
-import types
 
 import torch
 import torch.nn.functional as F
 
-GATES = ("sigmoid", "tanh", "relu")
+from . import triton_kernels as tk
+from .gates import GATES, apply_gate, gate_backward
+
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# Tile policy: at most _TILE elements per tile, the contiguous axis at most _LONG_MAX wide; a reduction launches
-# about _PROGRAMS_PER_SM x SM count programs on a GPU and splits H*W in at most _CPU_SPLIT chunks in the interpreter.
-_TILE = 2048
-_LONG_MAX = 256
-_MAX_WARPS = 4
-_PROGRAMS_PER_SM = 4
-_CPU_SPLIT = 2
-
-tl = None  # triton.language, bound by _kernels() on first use (the kernels below resolve it as a global)
 _TRITON: bool | None = None
 
 
 def se_scale_residual_reference(u, shortcut, w1, b1, w2, b2, gate="sigmoid", relu=True):
     """Eager reference of :func:`se_scale_residual`: the fp32 SE excitation, scale, residual sum and relu."""
-    z = u.float().mean((2, 3))
-    a = torch.relu(F.linear(z, w1.flatten(1).float(), None if b1 is None else b1.float()))
-    s = F.linear(a, w2.flatten(1).float(), None if b2 is None else b2.float())
-    g = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}[gate](s)
+    _, g = _excite(u.float().mean((2, 3)), w1, b1, w2, b2, gate)
     out = shortcut.float() + u.float() * g[:, :, None, None]
     if relu:
         out = torch.relu(out)
@@ -113,247 +101,6 @@ def se_scale_residual(u, shortcut, w1, b1, w2, b2, gate: str = "sigmoid", relu: 
     """
     out, _, _, _ = torch.ops.se_transfer.se_scale_residual(u, shortcut, w1, b1, w2, b2, gate, relu)
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Triton kernels (plain functions, jitted by _kernels() on first use so that this module imports without Triton)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _offsets(n, hw, c, s_n, s_c, s_hw):
-    # element offsets of the [BLOCK_HW, BLOCK_C] tile (hw rows, c columns) of sample n in a tensor with these strides
-    return n * s_n + hw[:, None] * s_hw + c[None, :] * s_c
-
-
-def _elementwise_tile(HW_BLOCKS, C, HW, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-    # the (n, hw, c) tile of this program in the elementwise kernels (grid: N * HW_BLOCKS, C blocks), and its masks
-    pid = tl.program_id(0)
-    n = (pid // HW_BLOCKS).to(tl.int64)
-    hw = (pid % HW_BLOCKS) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    return n, hw, c, c_ok, (hw < HW)[:, None] & c_ok[None, :]
-
-
-def _squeeze_kernel(
-    x_ptr, part_ptr, C, HW, CHUNK, SPLIT, s_n, s_c, s_hw, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr
-):
-    # part[n, split, c] = sum of x[n, c, hw] over hw in [split * CHUNK, (split + 1) * CHUNK)
-    pid = tl.program_id(0)
-    n = (pid // SPLIT).to(tl.int64)
-    split = pid % SPLIT
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    hw0 = split * CHUNK
-    acc = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
-    for start in range(0, CHUNK, BLOCK_HW):
-        hw = hw0 + start + tl.arange(0, BLOCK_HW)
-        mask = (hw < HW)[:, None] & c_ok[None, :]
-        x = tl.load(x_ptr + _offsets(n, hw, c, s_n, s_c, s_hw), mask=mask, other=0.0)
-        acc += x.to(tl.float32)
-    tl.store(part_ptr + pid * C + c, tl.sum(acc, axis=0), mask=c_ok)
-
-
-def _scale_residual_kernel(
-    u_ptr,
-    sc_ptr,
-    g_ptr,
-    out_ptr,
-    C,
-    HW,
-    HW_BLOCKS,
-    su_n,
-    su_c,
-    su_hw,
-    ss_n,
-    ss_c,
-    ss_hw,
-    so_n,
-    so_c,
-    so_hw,
-    RELU: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    # out = act(u * g[n, c] + shortcut)
-    n, hw, c, c_ok, mask = _elementwise_tile(HW_BLOCKS, C, HW, BLOCK_HW, BLOCK_C)
-    g = tl.load(g_ptr + n * C + c, mask=c_ok, other=0.0)
-    u = tl.load(u_ptr + _offsets(n, hw, c, su_n, su_c, su_hw), mask=mask, other=0.0)
-    sc = tl.load(sc_ptr + _offsets(n, hw, c, ss_n, ss_c, ss_hw), mask=mask, other=0.0)
-    y = u.to(tl.float32) * g[None, :] + sc.to(tl.float32)
-    if RELU:
-        y = tl.where(y < 0.0, 0.0, y)  # not maximum(): a NaN stays NaN, as in torch.relu
-    tl.store(out_ptr + _offsets(n, hw, c, so_n, so_c, so_hw), y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _backward_reduce_kernel(
-    go_ptr,
-    out_ptr,
-    u_ptr,
-    dsc_ptr,
-    part_ptr,
-    C,
-    HW,
-    CHUNK,
-    SPLIT,
-    sg_n,
-    sg_c,
-    sg_hw,
-    so_n,
-    so_c,
-    so_hw,
-    su_n,
-    su_c,
-    su_hw,
-    sd_n,
-    sd_c,
-    sd_hw,
-    RELU: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    # dpre = grad_out * (out > 0) stored as d_shortcut (relu only); part[n, split, c] = partial sum_hw(dpre * u)
-    pid = tl.program_id(0)
-    n = (pid // SPLIT).to(tl.int64)
-    split = pid % SPLIT
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    hw0 = split * CHUNK
-    acc = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
-    for start in range(0, CHUNK, BLOCK_HW):
-        hw = hw0 + start + tl.arange(0, BLOCK_HW)
-        mask = (hw < HW)[:, None] & c_ok[None, :]
-        dpre = tl.load(go_ptr + _offsets(n, hw, c, sg_n, sg_c, sg_hw), mask=mask, other=0.0).to(tl.float32)
-        if RELU:
-            o = tl.load(out_ptr + _offsets(n, hw, c, so_n, so_c, so_hw), mask=mask, other=0.0)
-            dpre = tl.where(o <= 0, 0.0, dpre)  # torch's threshold_backward: a NaN output passes the gradient
-            d_ptrs = dsc_ptr + _offsets(n, hw, c, sd_n, sd_c, sd_hw)
-            tl.store(d_ptrs, dpre.to(dsc_ptr.dtype.element_ty), mask=mask)
-        u = tl.load(u_ptr + _offsets(n, hw, c, su_n, su_c, su_hw), mask=mask, other=0.0)
-        acc += dpre * u.to(tl.float32)
-    tl.store(part_ptr + pid * C + c, tl.sum(acc, axis=0), mask=c_ok)
-
-
-def _backward_input_kernel(
-    src_ptr,
-    out_ptr,
-    g_ptr,
-    dzs_ptr,
-    du_ptr,
-    C,
-    HW,
-    HW_BLOCKS,
-    ss_n,
-    ss_c,
-    ss_hw,
-    so_n,
-    so_c,
-    so_hw,
-    sd_n,
-    sd_c,
-    sd_hw,
-    RECOMPUTE_RELU: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    # du = dpre * g[n, c] + dz[n, c] / HW; src is dpre, or grad_out whose relu mask is recomputed from out
-    n, hw, c, c_ok, mask = _elementwise_tile(HW_BLOCKS, C, HW, BLOCK_HW, BLOCK_C)
-    dpre = tl.load(src_ptr + _offsets(n, hw, c, ss_n, ss_c, ss_hw), mask=mask, other=0.0).to(tl.float32)
-    if RECOMPUTE_RELU:
-        o = tl.load(out_ptr + _offsets(n, hw, c, so_n, so_c, so_hw), mask=mask, other=0.0)
-        dpre = tl.where(o <= 0, 0.0, dpre)
-    g = tl.load(g_ptr + n * C + c, mask=c_ok, other=0.0)
-    dzs = tl.load(dzs_ptr + n * C + c, mask=c_ok, other=0.0)
-    du = dpre * g[None, :] + dzs[None, :]
-    tl.store(du_ptr + _offsets(n, hw, c, sd_n, sd_c, sd_hw), du.to(du_ptr.dtype.element_ty), mask=mask)
-
-
-@functools.cache
-def _kernels() -> types.SimpleNamespace:
-    """Import Triton and jit the kernels (once; TRITON_INTERPRET is read here, at decoration)."""
-    global tl, _offsets, _elementwise_tile
-    import triton
-    import triton.language
-
-    tl = triton.language
-    # the kernels call these helpers by their global names, which must hold jitted functions when they compile
-    _offsets, _elementwise_tile = triton.jit(_offsets), triton.jit(_elementwise_tile)
-    return types.SimpleNamespace(
-        squeeze=triton.jit(_squeeze_kernel),
-        scale_residual=triton.jit(_scale_residual_kernel),
-        backward_reduce=triton.jit(_backward_reduce_kernel),
-        backward_input=triton.jit(_backward_input_kernel),
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Launch helpers
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
-
-
-def _hw_collapsible(t: torch.Tensor) -> bool:
-    _, _, h, w = t.shape
-    _, _, s_h, s_w = t.stride()
-    return h == 1 or w == 1 or s_h == w * s_w
-
-
-def _canonical(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when (H, W) can be addressed as one HW axis, else a contiguous copy."""
-    return t if _hw_collapsible(t) else t.contiguous()
-
-
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    """(n, c, hw) strides of a tensor that passed :func:`_canonical`."""
-    _, _, _, w = t.shape
-    s_n, s_c, s_h, s_w = t.stride()
-    return s_n, s_c, (s_w if w > 1 else s_h)
-
-
-def _new_like(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # preserve_format: a dense t keeps its strides (NCHW, channels_last); the fake impls use the same rule
-    return torch.empty_like(t, dtype=dtype)
-
-
-def _blocks(t: torch.Tensor) -> tuple[int, int, int]:
-    """(BLOCK_HW, BLOCK_C, num_warps) for a tile over ``t``: the contiguous axis is the long one."""
-    _, C, H, W = t.shape
-    HW = H * W
-    _, s_c, s_hw = _strides(t)
-    if HW == 1 or (C > 1 and s_c < s_hw):  # channels_last: C is contiguous
-        block_c = min(_pow2(C), _LONG_MAX)
-        block_hw = min(_pow2(HW), max(1, _TILE // block_c))
-    else:
-        block_hw = min(_pow2(HW), _LONG_MAX)
-        block_c = min(_pow2(C), max(1, _TILE // block_hw))
-    # 256 elements per warp: 8 per thread and tensor, at most _MAX_WARPS (16 elements per thread on full tiles)
-    num_warps = max(1, min(_MAX_WARPS, block_hw * block_c // 256))
-    return block_hw, block_c, num_warps
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _split(device: torch.device, rows: int, HW: int, block_hw: int) -> tuple[int, int]:
-    """(SPLIT, CHUNK) for a reduction over ``rows`` = N x channel blocks: CHUNK is a multiple of BLOCK_HW."""
-    hw_blocks = _cdiv(HW, block_hw)
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        wanted = _cdiv(_PROGRAMS_PER_SM * _sm_count(index), rows)
-    else:
-        wanted = _CPU_SPLIT
-    split = max(1, min(hw_blocks, wanted))
-    chunk = _cdiv(hw_blocks, split) * block_hw
-    return _cdiv(HW, chunk), chunk
 
 
 def _validate(u, shortcut, w1, b1, w2, b2, gate) -> None:
@@ -408,17 +155,11 @@ def _excite(z, w1, b1, w2, b2, gate):
     # (callers disable autocast: it would otherwise reach these FCs through the op and make a and g half precision)
     a = torch.relu(F.linear(z, w1.flatten(1).float(), None if b1 is None else b1.float()))
     s = F.linear(a, w2.flatten(1).float(), None if b2 is None else b2.float())
-    g = torch.sigmoid(s) if gate == "sigmoid" else torch.tanh(s) if gate == "tanh" else torch.relu(s)
-    return a, g
+    return a, apply_gate(s, gate)
 
 
 def _excite_backward(dg, z, a, g, w1, b1, w2, b2, gate):
-    if gate == "sigmoid":
-        ds = dg * g * (1 - g)
-    elif gate == "tanh":
-        ds = dg * (1 - g * g)
-    else:
-        ds = torch.where(g > 0, dg, 0.0)
+    ds = gate_backward(dg, g, gate)
     da = ds @ w2.flatten(1).float()  # N x hid
     dh = torch.where(a > 0, da, 0.0)  # through the hidden relu
     dz = dh @ w1.flatten(1).float()  # N x C
@@ -448,24 +189,24 @@ def _se_scale_residual_op(
     """Returns (out, z, a, g): the result and the fp32 squeeze, hidden activation and gate."""
     _validate(u, shortcut, w1, b1, w2, b2, gate)
     _require_runnable(u)
-    k = _kernels()
-    u, shortcut = _canonical(u), _canonical(shortcut)
+    k = tk.kernels()
+    u, shortcut = tk.canonical(u), tk.canonical(shortcut)
     N, C, H, W = u.shape
     HW = H * W
-    block_hw, block_c, num_warps = _blocks(u)
-    c_blocks = _cdiv(C, block_c)
+    block_hw, block_c, num_warps = tk.blocks(u)
+    c_blocks = tk.cdiv(C, block_c)
 
-    split, chunk = _split(u.device, N * c_blocks, HW, block_hw)
+    split, chunk = tk.split_reduction(u.device, N * c_blocks, HW, block_hw)
     part = torch.empty((N, split, C), device=u.device, dtype=torch.float32)
     k.squeeze[(N * split, c_blocks)](
-        u, part, C, HW, chunk, split, *_strides(u), BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps
+        u, part, C, HW, chunk, split, *tk.strides(u), BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps
     )
     z = part.sum(1).div_(HW)
     with torch.autocast(u.device.type, enabled=False):
         a, g = _excite(z, w1, b1, w2, b2, gate)
 
-    out = _new_like(u, torch.promote_types(u.dtype, shortcut.dtype))
-    hw_blocks = _cdiv(HW, block_hw)
+    out = tk.new_like(u, torch.promote_types(u.dtype, shortcut.dtype))
+    hw_blocks = tk.cdiv(HW, block_hw)
     k.scale_residual[(N * hw_blocks, c_blocks)](
         u,
         shortcut,
@@ -474,9 +215,9 @@ def _se_scale_residual_op(
         C,
         HW,
         hw_blocks,
-        *_strides(u),
-        *_strides(shortcut),
-        *_strides(out),
+        *tk.strides(u),
+        *tk.strides(shortcut),
+        *tk.strides(out),
         RELU=relu,
         BLOCK_HW=block_hw,
         BLOCK_C=block_c,
@@ -490,7 +231,7 @@ def _(u, shortcut, w1, b1, w2, b2, gate, relu):
     _validate(u, shortcut, w1, b1, w2, b2, gate)
     N, C = u.shape[:2]
     small = {"device": u.device, "dtype": torch.float32}
-    out = _new_like(_canonical(u), torch.promote_types(u.dtype, shortcut.dtype))
+    out = tk.new_like(tk.canonical(u), torch.promote_types(u.dtype, shortcut.dtype))
     return out, u.new_empty((N, C), **small), u.new_empty((N, w1.shape[0]), **small), u.new_empty((N, C), **small)
 
 
@@ -518,21 +259,21 @@ def _se_scale_residual_backward_op(
     """
     _validate_backward(grad_out, out, u, relu)
     _require_runnable(u)
-    k = _kernels()
-    grad_out, u = _canonical(grad_out), _canonical(u)
+    k = tk.kernels()
+    grad_out, u = tk.canonical(grad_out), tk.canonical(u)
     N, C, H, W = u.shape
     HW = H * W
-    block_hw, block_c, num_warps = _blocks(u)
-    c_blocks = _cdiv(C, block_c)
+    block_hw, block_c, num_warps = tk.blocks(u)
+    c_blocks = tk.cdiv(C, block_c)
     tiles = {"BLOCK_HW": block_hw, "BLOCK_C": block_c, "num_warps": num_warps}
 
     if relu:
-        out = _canonical(out)
-        d_shortcut = d_shortcut_arg = _new_like(grad_out, shortcut_dtype)
+        out = tk.canonical(out)
+        d_shortcut = d_shortcut_arg = tk.new_like(grad_out, shortcut_dtype)
     else:
         out = d_shortcut_arg = grad_out  # placeholders: the kernels touch neither without the relu
         d_shortcut = grad_out.new_empty((0,), dtype=shortcut_dtype)
-    split, chunk = _split(u.device, N * c_blocks, HW, block_hw)
+    split, chunk = tk.split_reduction(u.device, N * c_blocks, HW, block_hw)
     part = torch.empty((N, split, C), device=u.device, dtype=torch.float32)
     k.backward_reduce[(N * split, c_blocks)](
         grad_out,
@@ -544,10 +285,10 @@ def _se_scale_residual_backward_op(
         HW,
         chunk,
         split,
-        *_strides(grad_out),
-        *_strides(out),
-        *_strides(u),
-        *_strides(d_shortcut_arg),
+        *tk.strides(grad_out),
+        *tk.strides(out),
+        *tk.strides(u),
+        *tk.strides(d_shortcut_arg),
         RELU=relu,
         **tiles,
     )
@@ -557,8 +298,8 @@ def _se_scale_residual_backward_op(
     # pass 2 reads dpre back from d_shortcut unless storing it there lost precision (shortcut narrower than out)
     reuse = relu and d_shortcut.dtype == grad_out.dtype
     src = d_shortcut if reuse else grad_out
-    du = _new_like(u, u.dtype)
-    hw_blocks = _cdiv(HW, block_hw)
+    du = tk.new_like(u, u.dtype)
+    hw_blocks = tk.cdiv(HW, block_hw)
     k.backward_input[(N * hw_blocks, c_blocks)](
         src,
         out,
@@ -568,9 +309,9 @@ def _se_scale_residual_backward_op(
         C,
         HW,
         hw_blocks,
-        *_strides(src),
-        *_strides(out),
-        *_strides(du),
+        *tk.strides(src),
+        *tk.strides(out),
+        *tk.strides(du),
         RECOMPUTE_RELU=relu and not reuse,
         **tiles,
     )
@@ -590,15 +331,15 @@ def _validate_backward(grad_out, out, u, relu) -> None:
 @_se_scale_residual_backward_op.register_fake
 def _(grad_out, out, u, z, a, g, w1, b1, w2, b2, gate, relu, shortcut_dtype):
     _validate_backward(grad_out, out, u, relu)
-    grad_out = _canonical(grad_out)
+    grad_out = tk.canonical(grad_out)
     if relu:
-        d_shortcut = _new_like(grad_out, shortcut_dtype)
+        d_shortcut = tk.new_like(grad_out, shortcut_dtype)
     else:
         d_shortcut = grad_out.new_empty((0,), dtype=shortcut_dtype)
     hid, C = w1.shape[0], u.shape[1]
     db1 = a.new_empty((hid,), dtype=torch.float32 if b1 is None else b1.dtype)
     db2 = a.new_empty((C,), dtype=torch.float32 if b2 is None else b2.dtype)
-    return _new_like(_canonical(u), u.dtype), d_shortcut, torch.empty_like(w1), db1, torch.empty_like(w2), db2
+    return tk.new_like(tk.canonical(u), u.dtype), d_shortcut, torch.empty_like(w1), db1, torch.empty_like(w2), db2
 
 
 def _setup_context(ctx, inputs, output) -> None:

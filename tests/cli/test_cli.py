@@ -104,7 +104,7 @@ def test_the_shared_choices_are_the_librarys():
     from se_transfer.benchmark import AMP_DTYPES
     from se_transfer.classification.benchmark import MODES
     from se_transfer.cli import args
-    from se_transfer.models.se import SE_IMPLS
+    from se_transfer.ops.dispatch import SE_IMPLS
 
     assert args.SE_IMPL_CHOICES == tuple(SE_IMPLS) and set(args.AMP_CHOICES) == set(AMP_DTYPES)
     assert set(MODES) == {"eager", "compiled", "cudagraphs"}

@@ -6,7 +6,8 @@ from torch import nn
 
 from se_transfer.models import SEModule, create_model
 from se_transfer.models.complexity import count_macs
-from se_transfer.models.se import se_impl, set_se_impl
+from se_transfer.models.fast_se import se_impl, set_se_impl
+from se_transfer.ops.dispatch import EAGER, RESIDUAL, TRITON, choose
 
 
 def _randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -159,7 +160,8 @@ def test_triton_path_inside_a_model_equals_eager():
     ref_model.load_state_dict(model.state_dict())
     set_se_impl(model, "triton")
     for m, impl in ((model, "triton"), (ref_model, "eager")):
-        assert all(s.use_triton(x) == (impl == "triton") for s in m.modules() if isinstance(s, SEModule))
+        paths = {choose(s.impl, x, RESIDUAL, s.avg_squeeze) for s in m.modules() if isinstance(s, SEModule)}
+        assert paths == {TRITON if impl == "triton" else EAGER}
     out, ref = model(x), ref_model(x)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     out.square().sum().backward()

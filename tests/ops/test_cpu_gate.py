@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from se_transfer.models import SEModule, create_model
-from se_transfer.models.se import se_impl
+from se_transfer.models.fast_se import se_impl
 from se_transfer.ops import cpu_gate
 
 HAVE_CC = shutil.which("cc") is not None
@@ -183,7 +183,7 @@ def test_without_a_compiler_the_models_fall_back_to_pytorch_ops(fresh_kernel, mo
         with se_impl(model, "eager"):
             ref = model(x)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
-    assert all(m._producer_cache[1][4] is None for m in model.modules() if isinstance(m, SEModule))
+    assert all(m._fold.value.native is None for m in model.modules() if isinstance(m, SEModule))
 
 
 def test_disabled_by_environment(fresh_kernel, monkeypatch):
@@ -202,13 +202,13 @@ def test_models_take_the_native_gate_in_float32_only(channels_last):
     ses = [m for m in model.modules() if isinstance(m, SEModule)]
     with torch.no_grad():
         fast = model(x)
-        assert all(isinstance(m._producer_cache[1][4], cpu_gate.GateParams) for m in ses)
+        assert all(isinstance(m._fold.value.native, cpu_gate.GateParams) for m in ses)
         with se_impl(model, "eager"):
             ref = model(x)
         torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
         model.double()
         torch.testing.assert_close(model(x.double()), ref.double(), rtol=1e-5, atol=1e-5)
-        assert all(m._producer_cache[1][4] is None for m in ses)  # float64: PyTorch ops
+        assert all(m._fold.value.native is None for m in ses)  # float64: PyTorch ops
 
 
 @needs_kernel
@@ -225,10 +225,10 @@ def test_se_blocks_outside_the_bottleneck_shortcut_take_the_native_gate_at_infer
     ses = [m for m in model.modules() if isinstance(m, SEModule)]
     x = torch.randn(3, 3, size, size)
     model(x)  # autograd on: PyTorch ops, no native parameters built
-    assert all(m._native_cache is None for m in ses)
+    assert all(m._native.value is None for m in ses)
     with torch.no_grad():
         fast = model(x)
-        assert all(isinstance(m._native_cache[1], cpu_gate.GateParams) for m in ses)
+        assert all(isinstance(m._native.value, cpu_gate.GateParams) for m in ses)
         with se_impl(model, "eager"):
             ref = model(x)
         torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)

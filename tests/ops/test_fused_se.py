@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from se_transfer.ops import fused_se
+from se_transfer.ops import fused_se, triton_kernels
 from se_transfer.ops.fused_se import GATES, se_scale_residual, se_scale_residual_reference
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -226,16 +226,16 @@ def test_matches_plain_eager_formula_in_input_dtype(dtype, gate):
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_multi_block_multi_split_paths(monkeypatch, layout):
     """Tiny tiles: several channel and HW blocks, reductions split in 3 with several loop steps per split."""
-    monkeypatch.setattr(fused_se, "_TILE", 16)
-    monkeypatch.setattr(fused_se, "_LONG_MAX", 8)
-    monkeypatch.setattr(fused_se, "_CPU_SPLIT", 3)
+    monkeypatch.setattr(triton_kernels, "_TILE", 16)
+    monkeypatch.setattr(triton_kernels, "_LONG_MAX", 8)
+    monkeypatch.setattr(triton_kernels, "_CPU_SPLIT", 3)
     shape = (2, 33, 13, 3)
     leaves, grad = make_inputs(shape, layout)
     u = leaves[0]
-    block_hw, block_c, _ = fused_se._blocks(u)
+    block_hw, block_c, _ = triton_kernels.blocks(u)
     assert (block_hw, block_c) == ((8, 2) if layout == "nchw" else (2, 8))
     if DEVICE.type == "cpu":
-        split, chunk = fused_se._split(u.device, shape[0] * -(-33 // block_c), 39, block_hw)
+        split, chunk = triton_kernels.split_reduction(u.device, shape[0] * -(-33 // block_c), 39, block_hw)
         assert split == 3 and chunk > block_hw  # split reductions, each looping over several HW blocks
     check_against_reference(leaves, grad, "tanh", True)
 
@@ -384,19 +384,19 @@ def test_package_imports_without_triton():
 def test_tile_and_split_heuristics_for_a_gpu(monkeypatch):
     """SE-ResNet-50 stage 1 on an H100-like GPU (132 SMs): the contiguous axis is the long one, and the reductions
     launch at least 4 programs per SM with HW chunks that cover H*W exactly once."""
-    monkeypatch.setattr(fused_se, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(triton_kernels, "_sm_count", lambda index: 132)
     n, c, h, w = 8, 256, 56, 56
     for fmt, expected in ((CL, (8, 256)), (torch.contiguous_format, (256, 8))):
         u = torch.empty(n, c, h, w, device="meta").contiguous(memory_format=fmt)
-        block_hw, block_c, num_warps = fused_se._blocks(u)
+        block_hw, block_c, num_warps = triton_kernels.blocks(u)
         assert (block_hw, block_c, num_warps) == (*expected, 4)
         rows = n * (c // block_c)
-        split, chunk = fused_se._split(torch.device("cuda", 0), rows, h * w, block_hw)
+        split, chunk = triton_kernels.split_reduction(torch.device("cuda", 0), rows, h * w, block_hw)
         assert rows * split >= 4 * 132
         assert chunk % block_hw == 0 and (split - 1) * chunk < h * w <= split * chunk
     # a big batch needs no split; tiny maps get small tiles, one warp
-    assert fused_se._split(torch.device("cuda", 0), 256 * 8, 49, 8) == (1, 56)
-    assert fused_se._blocks(torch.empty(2, 3, 5, 7, device="meta")) == (64, 4, 1)
+    assert triton_kernels.split_reduction(torch.device("cuda", 0), 256 * 8, 49, 8) == (1, 56)
+    assert triton_kernels.blocks(torch.empty(2, 3, 5, 7, device="meta")) == (64, 4, 1)
 
 
 @pytest.mark.gpu

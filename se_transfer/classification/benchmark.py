@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..benchmark import device_name, sync_device
-from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader
+from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarInput, CifarLoader
 from ..engine.amp import amp_dtype
 from ..engine.events import format_table
 from ..models import create_model
@@ -68,9 +68,7 @@ def benchmark(
         train=True,
         device=device,
         seed=0,
-        channels_last=channels_last,
-        mean=CIFAR_MEAN["cifar10"],
-        std=CIFAR_STD["cifar10"],
+        inputs=CifarInput(mean=CIFAR_MEAN["cifar10"], std=CIFAR_STD["cifar10"], channels_last=channels_last),
     )
     results = []
     for mode in modes:

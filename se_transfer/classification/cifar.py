@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..config import CfgNode, config_key
-from ..data.build import resumable_batches
-from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar
+from ..data.build import per_rank_batch, resumable_batches
+from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarInput, CifarLoader, load_cifar
 from ..data.demo import write_fake_cifar
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.amp import amp_dtype, autocast
@@ -60,19 +60,16 @@ def load_data(cfg: CfgNode) -> tuple[CifarData, CifarData]:
 
 
 def _loader(cfg: CfgNode, data: CifarData, train: bool, device: torch.device) -> CifarLoader:
-    return CifarLoader(
-        data,
-        batch_size=cfg.SOLVER.IMS_PER_BATCH if train else cfg.TEST.IMS_PER_BATCH,
-        train=train,
-        device=device,
-        seed=cfg.SEED,
-        cutout=cfg.DATA.CUTOUT if train else 0,
-        rank=get_rank(),
-        world_size=get_world_size(),
-        channels_last=cfg.MODEL.CHANNELS_LAST,
+    key = "SOLVER.IMS_PER_BATCH" if train else "TEST.IMS_PER_BATCH"
+    world = get_world_size()
+    inputs = CifarInput(
         mean=CIFAR_MEAN[cfg.DATA.DATASET],
         std=CIFAR_STD[cfg.DATA.DATASET],
+        cutout=cfg.DATA.CUTOUT if train else 0,
+        channels_last=cfg.MODEL.CHANNELS_LAST,
     )
+    batch = per_rank_batch(key, cfg.SOLVER.IMS_PER_BATCH if train else cfg.TEST.IMS_PER_BATCH, world)
+    return CifarLoader(data, batch, train, device, seed=cfg.SEED, rank=get_rank(), world_size=world, inputs=inputs)
 
 
 @torch.no_grad()

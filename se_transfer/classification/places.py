@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import CfgNode, config_key
-from ..data.build import build_classification_loader, resumable_batches
+from ..data.build import build_classification_loader, per_rank_batch, resumable_batches
 from ..data.demo import write_fake_places365
 from ..data.places365 import Places365
 from ..data.samplers import InferenceBatchSampler
@@ -72,9 +72,9 @@ def _datasets(cfg: CfgNode, train: bool) -> Places365:
 
 def _eval_loader(cfg: CfgNode, dataset: Places365) -> DataLoader:
     world, rank = get_world_size(), get_rank()
-    if cfg.TEST.IMS_PER_BATCH % world:
-        raise ValueError(f"TEST.IMS_PER_BATCH {cfg.TEST.IMS_PER_BATCH} must be divisible by {world} processes")
-    sampler = InferenceBatchSampler(len(dataset), cfg.TEST.IMS_PER_BATCH // world, rank, world)
+    sampler = InferenceBatchSampler(
+        len(dataset), per_rank_batch("TEST.IMS_PER_BATCH", cfg.TEST.IMS_PER_BATCH, world), rank, world
+    )
     return DataLoader(
         _Indexed(dataset),
         batch_sampler=sampler,
@@ -194,10 +194,14 @@ def run(
     if train_set.classes != val_set.classes:
         raise ValueError("the training and validation splits list different categories")
     world = get_world_size()
-    if cfg.SOLVER.IMS_PER_BATCH % world:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be divisible by {world} processes")
     train_loader = build_classification_loader(
-        train_set, cfg.SOLVER.IMS_PER_BATCH // world, True, cfg.DATALOADER.NUM_WORKERS, cfg.SEED, get_rank(), world
+        train_set,
+        per_rank_batch("SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH, world),
+        True,
+        cfg.DATALOADER.NUM_WORKERS,
+        cfg.SEED,
+        get_rank(),
+        world,
     )
 
     def batches(start_iter: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -7,10 +7,11 @@ from .build import (
     build_classification_loader,
     build_detection_loader,
     collate_detection,
+    per_rank_batch,
     resumable_batches,
 )
 from .catalog import COCO_2014_TRAIN_PAIR, COCO_DATASETS, resolve_coco_dataset, resolve_coco_datasets
-from .cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarLoader, load_cifar
+from .cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarInput, CifarLoader, load_cifar
 from .coco import CocoDetection
 from .common import DatasetError
 from .decode import read_rgb_image, read_rgb_tensor
@@ -41,6 +42,7 @@ __all__ = [
     "InferenceBatchSampler",
     "build_detection_loader",
     "collate_detection",
+    "per_rank_batch",
     "resumable_batches",
     "read_rgb_image",
     "resolve_coco_dataset",
@@ -49,6 +51,7 @@ __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
     "CifarData",
+    "CifarInput",
     "CifarLoader",
     "CropFlipParams",
     "CutoutParams",

@@ -16,6 +16,16 @@ from .common import loader_generator
 from .samplers import AspectRatioGroupedBatchSampler, InferenceBatchSampler, ResumableDistributedSampler, _aspect_ratios
 
 
+def per_rank_batch(key: str, total: int, world_size: int) -> int:
+    """The batch of one rank for a global batch ``total`` (the config key ``key``, e.g. SOLVER.IMS_PER_BATCH): every
+    loader of the toolkit takes this per-rank size; the global size must divide evenly over the processes."""
+    if total <= 0:
+        raise ValueError(f"{key} must be positive, got {total}")
+    if total % world_size:
+        raise ValueError(f"{key} {total} must be divisible by {world_size} processes")
+    return total // world_size
+
+
 def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict]]:
     """Batch of (image, target) pairs -> (list of images, list of targets), as torchvision's detection models take."""
     images = [item[0] for item in batch]

@@ -262,26 +262,43 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(words[0]) << 31) ^ int(words[1])
 
 
+@dataclass(frozen=True)
+class CifarInput:
+    """How CIFAR images become network inputs: augmentation (training only) and normalisation.
+
+    ``mean``/``std``: per-channel statistics in [0, 1] (None: the data set's own, ``CIFAR_MEAN``/``CIFAR_STD``);
+    ``pad``: zero padding of the random crop; ``cutout``: side of the erased square (0: none); ``channels_last`` and
+    ``dtype``: the layout and type of the batches."""
+
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    pad: int = 4
+    cutout: int = 0
+    channels_last: bool = False
+    dtype: torch.dtype = torch.float32
+
+
 class CifarLoader:
     """Iterates a CIFAR split in batches straight from device memory, reproducibly per (seed, epoch).
 
-    The whole uint8 set is moved to ``device`` once. ``batch_size`` is the GLOBAL batch size; it must be divisible by
-    ``world_size`` and each rank gets ``batch_size // world_size`` images per batch.
+    The whole uint8 set is moved to ``device`` once. ``batch_size`` is the batch of this rank, as for every loader
+    of the toolkit; the global batch is ``batch_size * world_size``. ``inputs`` says how images are augmented and
+    normalised (:class:`CifarInput`).
 
     Training (``train=True``): each epoch draws a permutation and every augmentation parameter for the epoch from a CPU
     ``torch.Generator`` seeded from ``(seed, epoch)`` (so CPU and CUDA runs see the same images and a restarted run
     can reproduce any epoch). Every rank draws the same permutation and parameters for the whole global batch and
-    keeps its contiguous slice ``[rank * B / world, (rank + 1) * B / world)``, so ``world_size`` ranks together see
-    exactly what one process with the same global batch sees. Augmentation: random crop (zero padding ``pad``) and
+    keeps its contiguous slice ``[rank * B, (rank + 1) * B)`` (B the per-rank batch), so ``world_size`` ranks together
+    see exactly what one process with the global batch sees. Augmentation: random crop (zero padding ``pad``) and
     horizontal flip on the uint8 images, normalisation, then cutout if ``cutout > 0``. Cutout is applied after
     normalisation, as in DeVries & Taylor (2017), so the erased square equals the data set mean rather than black.
     ``drop_last`` defaults to True; if False, the last partial global batch is split as evenly as possible.
 
     Evaluation (``train=False``): no augmentation, no shuffling, no dropping. With ``world_size > 1`` each rank takes
     the strided shard ``rank, rank + world_size, rank + 2 * world_size, ...`` of the set; batch ``i`` of a rank holds
-    the images of global batch ``i`` (indices ``[i * B, (i + 1) * B)``) whose index is ``rank`` modulo ``world_size``.
-    All ranks therefore yield the same number of batches (the last one may be smaller, or empty if fewer than
-    ``world_size`` images are left), and together they cover every image exactly once.
+    the images of global batch ``i`` (indices ``[i * G, (i + 1) * G)``, G the global batch) whose index is ``rank``
+    modulo ``world_size``. All ranks therefore yield the same number of batches (the last one may be smaller, or
+    empty if fewer than ``world_size`` images are left), and together they cover every image exactly once.
     """
 
     def __init__(
@@ -291,27 +308,19 @@ class CifarLoader:
         train: bool,
         device: torch.device | str = "cpu",
         seed: int = 0,
-        cutout: int = 0,
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool | None = None,
-        channels_last: bool = False,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        dtype: torch.dtype = torch.float32,
-        pad: int = 4,
+        inputs: CifarInput | None = None,
     ) -> None:
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise ValueError(f"batch_size (per rank) must be positive, got {batch_size}")
         if world_size <= 0 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        if batch_size % world_size != 0:
-            raise ValueError(
-                f"the global batch size {batch_size} must be divisible by world_size {world_size} "
-                f"(each rank takes batch_size // world_size images)"
-            )
-        if cutout < 0:
-            raise ValueError(f"cutout must be >= 0, got {cutout}")
+        inputs = inputs or CifarInput()
+        if inputs.cutout < 0:
+            raise ValueError(f"cutout must be >= 0, got {inputs.cutout}")
+        mean, std = inputs.mean, inputs.std
         if mean is None or std is None:
             key = data.dataset or {10: "cifar10", 100: "cifar100"}.get(data.num_classes, "")
             if key not in CIFAR_MEAN:
@@ -321,19 +330,19 @@ class CifarLoader:
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device, torch.int64)
-        self.batch_size = batch_size
-        self.local_batch_size = batch_size // world_size
+        self.local_batch_size = batch_size
+        self.batch_size = batch_size * world_size  # the global batch: what one step of all ranks together sees
         self.train = train
         self.seed = seed
-        self.cutout = cutout
+        self.cutout = inputs.cutout
         self.rank = rank
         self.world_size = world_size
         self.drop_last = train if drop_last is None else drop_last
-        self.channels_last = channels_last
+        self.channels_last = inputs.channels_last
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.dtype = dtype
-        self.pad = pad
+        self.dtype = inputs.dtype
+        self.pad = inputs.pad
         self._mean_t = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
         self._std_t = torch.tensor(self.std, dtype=torch.float32, device=self.device)
 

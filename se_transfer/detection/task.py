@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import CfgNode, ConfigError, config_key
-from ..data.build import build_detection_loader, resumable_batches
+from ..data.build import build_detection_loader, per_rank_batch, resumable_batches
 from ..data.catalog import resolve_coco_datasets
 from ..data.coco import CocoDetection
 from ..data.demo import write_demo_coco
@@ -133,10 +133,14 @@ def run(
     with config_key("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
         model = build_model(cfg, num_classes).to(device)
     world, rank = get_world_size(), get_rank()
-    if cfg.TEST.IMS_PER_BATCH % world:
-        raise ValueError(f"TEST.IMS_PER_BATCH {cfg.TEST.IMS_PER_BATCH} must be divisible by {world} processes")
     test_loader = build_detection_loader(
-        test_set, cfg.TEST.IMS_PER_BATCH // world, False, cfg.DATALOADER.NUM_WORKERS, cfg.SEED, rank, world
+        test_set,
+        per_rank_batch("TEST.IMS_PER_BATCH", cfg.TEST.IMS_PER_BATCH, world),
+        False,
+        cfg.DATALOADER.NUM_WORKERS,
+        cfg.SEED,
+        rank,
+        world,
     )
     evaluator = COCOEvaluator(test_set.coco, test_set.contiguous_to_coco, cfg.OUTPUT_DIR)
     paper = PAPER_AP.get(cfg.MODEL.ARCH)
@@ -155,13 +159,11 @@ def run(
     train_set = _datasets(cfg, tuple(cfg.DATASETS.TRAIN), train=True)
     if train_set.contiguous_to_coco != test_set.contiguous_to_coco:
         raise ValueError("DATASETS.TRAIN and DATASETS.TEST have different category sets")
-    if cfg.SOLVER.IMS_PER_BATCH % world:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be divisible by {world} processes")
     if cfg.SOLVER.EPOCHS > 0:
         raise ValueError("detection schedules are in iterations: set SOLVER.MAX_ITER and SOLVER.STEPS, not EPOCHS")
     train_loader = build_detection_loader(
         train_set,
-        cfg.SOLVER.IMS_PER_BATCH // world,
+        per_rank_batch("SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH, world),
         True,
         cfg.DATALOADER.NUM_WORKERS,
         cfg.SEED,

@@ -17,6 +17,7 @@ from se_transfer.data import (
     CIFAR_MEAN,
     CIFAR_STD,
     CifarData,
+    CifarInput,
     CifarLoader,
     CropFlipParams,
     CutoutParams,
@@ -26,6 +27,7 @@ from se_transfer.data import (
     cutout,
     load_cifar,
     normalize,
+    per_rank_batch,
     random_crop_flip,
     sample_crop_flip,
     write_fake_cifar,
@@ -345,7 +347,7 @@ def _collect(it) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 
 def test_loader_resume_mid_epoch():
-    loader = CifarLoader(_indexed(300), 32, True, seed=3, cutout=8)
+    loader = CifarLoader(_indexed(300), 32, True, seed=3, inputs=CifarInput(cutout=8))
     assert len(loader) == 300 // 32
     full_x, full_y = _collect(loader.epoch_iter(2))
     tail_x, tail_y = _collect(loader.epoch_iter(2, start_batch=5))
@@ -354,7 +356,7 @@ def test_loader_resume_mid_epoch():
         assert torch.equal(a, b)
     for a, b in zip(full_y[5:], tail_y):
         assert torch.equal(a, b)
-    again_x, _ = _collect(CifarLoader(_indexed(300), 32, True, seed=3, cutout=8).epoch_iter(2))
+    again_x, _ = _collect(CifarLoader(_indexed(300), 32, True, seed=3, inputs=CifarInput(cutout=8)).epoch_iter(2))
     assert all(torch.equal(a, b) for a, b in zip(full_x, again_x))  # a fresh process reproduces the epoch
     assert list(loader.epoch_iter(2, start_batch=9)) == []
     with pytest.raises(ValueError, match="start_batch"):
@@ -374,9 +376,9 @@ def test_loader_epochs_differ_and_cover():
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_loader_two_ranks_equal_one(drop_last: bool):
     data = _indexed(203)
-    kwargs = dict(seed=11, cutout=6, drop_last=drop_last, channels_last=True)
+    kwargs = dict(seed=11, drop_last=drop_last, inputs=CifarInput(cutout=6, channels_last=True))
     single = CifarLoader(data, 32, True, **kwargs)
-    ranks = [CifarLoader(data, 32, True, rank=r, world_size=2, **kwargs) for r in range(2)]
+    ranks = [CifarLoader(data, 16, True, rank=r, world_size=2, **kwargs) for r in range(2)]  # 16 per rank
     assert len(single) == len(ranks[0]) == len(ranks[1]) == (6 if drop_last else 7)
     for epoch in (0, 4):
         sx, sy = _collect(single.epoch_iter(epoch))
@@ -392,11 +394,13 @@ def test_loader_two_ranks_equal_one(drop_last: bool):
 
 def test_loader_applies_augmentation():
     data = _indexed(64)
-    x, y = next(CifarLoader(data, 64, True, seed=0, mean=(0.0,) * 3, std=(1.0,) * 3).epoch_iter(0))
+    x, y = next(CifarLoader(data, 64, True, seed=0, inputs=CifarInput(mean=(0.0,) * 3, std=(1.0,) * 3)).epoch_iter(0))
     plain = data.images[y].float() / 255
     assert not torch.equal(x, plain)  # cropped / flipped
     assert (x == 0).float().mean() > 0.01  # zero padding shows up
-    x_eval, y_eval = next(CifarLoader(data, 64, False, mean=(0.0,) * 3, std=(1.0,) * 3).epoch_iter(0))
+    x_eval, y_eval = next(
+        CifarLoader(data, 64, False, inputs=CifarInput(mean=(0.0,) * 3, std=(1.0,) * 3)).epoch_iter(0)
+    )
     assert torch.equal(y_eval, torch.arange(64)) and torch.equal(x_eval, data.images.float() / 255)
 
 
@@ -404,7 +408,7 @@ def test_loader_applies_augmentation():
 def test_eval_loader_covers_each_image_once(world_size: int):
     data = _indexed(500)
     data.dataset = "cifar100"
-    loaders = [CifarLoader(data, 96, False, rank=r, world_size=world_size) for r in range(world_size)]
+    loaders = [CifarLoader(data, 96 // world_size, False, rank=r, world_size=world_size) for r in range(world_size)]
     seen: list[int] = []
     for r, loader in enumerate(loaders):
         assert len(loader) == math.ceil(500 / 96)
@@ -419,8 +423,10 @@ def test_eval_loader_covers_each_image_once(world_size: int):
 
 def test_loader_errors():
     data = _indexed(50)
-    with pytest.raises(ValueError, match="divisible by world_size"):
-        CifarLoader(data, 30, True, world_size=4)
+    with pytest.raises(ValueError, match="SOLVER.IMS_PER_BATCH 30 must be divisible by 4 processes"):
+        per_rank_batch("SOLVER.IMS_PER_BATCH", 30, 4)  # the global batch of the config, split as for every loader
+    with pytest.raises(ValueError, match="per rank"):
+        CifarLoader(data, 0, True, world_size=4)
     with pytest.raises(ValueError, match="rank"):
         CifarLoader(data, 32, True, rank=2, world_size=2)
 

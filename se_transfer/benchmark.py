@@ -29,8 +29,8 @@ from torch import nn
 from .engine.amp import AMP_DTYPES
 from .engine.events import format_table
 from .models import create_model
-from .models.factory import model_entry
 from .models.fast_se import set_se_impl
+from .models.registry import model_entry
 
 MODES = ("train", "inference")
 # timm's counterparts of our SE models (timm's "seresnet50" etc. use the PyTorch-style stride in the 3x3).

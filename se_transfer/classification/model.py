@@ -12,8 +12,9 @@ from torch import nn
 from ..config import CfgNode, ConfigError
 from ..engine.runner import CheckpointContent, run_training, schedule_from_cfg
 from ..models import create_model
-from ..models.factory import model_entry
-from ..models.weights import IMAGENET_RGB, check_fit, checkpoint_metadata, normalize_input
+from ..models.info import model_info, normalize_input
+from ..models.registry import model_entry
+from ..models.weights import check_fit, checkpoint_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ def check_trained_head(cfg: CfgNode, model: nn.Module) -> None:
             "--eval-only needs MODEL.WEIGHTS (e.g. OUTPUT_DIR/model_final.pth of a training run): without it a "
             f"randomly initialised {cfg.MODEL.ARCH} would be evaluated"
         )
-    source = getattr(model, "pretrained_source", None) or {}
-    if source.get("head_loaded") is False:
+    source = model_info(model).source
+    if source is not None and not source.head_loaded:
         raise ConfigError(
             f"--eval-only: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} holds no classifier for these "
             f"{model.fc.out_features} classes (its head was re-initialised), so a random head would be evaluated; "
@@ -94,11 +95,11 @@ def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor
 
 
 def attach_input_normalization(model: nn.Module) -> nn.Module:
-    """Make ``model`` take RGB images in [0, 1] and normalise them as its weights expect (``model.input_norm``).
+    """Make ``model`` take RGB images in [0, 1] and normalise them as its weights expect (``model.info.input_norm``).
 
     A forward pre-hook on the device, so the state dict is unchanged and BGR / 0..255 weights work too.
     """
-    spec = dict(getattr(model, "input_norm", None) or IMAGENET_RGB)
+    spec = dict(model_info(model).input_norm)
 
     def hook(module: nn.Module, args: tuple) -> tuple:
         return (normalize_input(args[0], spec), *args[1:])

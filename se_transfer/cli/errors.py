@@ -25,8 +25,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from ..engine.checkpoint import CheckpointError
     from ..engine.output_dir import OutputDirError
     from ..engine.trainer import NonFiniteLossError
-    from ..models.factory import UnknownArgumentError
-    from ..models.weights import WeightsError
+    from ..models.layouts import WeightsError
+    from ..models.registry import UnknownArgumentError
     from ..registry import RegistryError
 
     return (

@@ -111,7 +111,7 @@ def list_models_main(argv: Sequence[str] | None = None) -> int:
 def _list_models(args: argparse.Namespace) -> None:
     from ..engine.events import format_table
     from ..models import baseline_of, create_model, list_models
-    from ..models.factory import has_se, model_entry
+    from ..models.registry import has_se, model_entry
 
     names = list_models(args.pattern, family=args.family, se=args.se)
     rows = []
@@ -154,7 +154,9 @@ def convert_weights_main(argv: Sequence[str] | None = None) -> int:
 @command
 def _convert_weights(args: argparse.Namespace) -> None:
     from ..models import create_model, save_detectron2, save_weights
-    from ..models.weights import CAFFE_BGR, IMAGENET_RGB, WeightsError, inspect_weights
+    from ..models.info import CAFFE_BGR, IMAGENET_RGB
+    from ..models.layouts import WeightsError
+    from ..models.weights import inspect_weights
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     info = inspect_weights(args.src)
@@ -163,9 +165,9 @@ def _convert_weights(args: argparse.Namespace) -> None:
         raise WeightsError(f"{args.src}: no registered model has this structure; pass --model")
     model = create_model(name, num_classes=info.num_classes, pretrained=args.src)
     if args.input_norm != "auto":
-        model.input_norm = dict(IMAGENET_RGB if args.input_norm == "imagenet" else CAFFE_BGR)
+        model.info.input_norm = dict(IMAGENET_RGB if args.input_norm == "imagenet" else CAFFE_BGR)
     out = save_detectron2(model, args.dst) if args.dst.suffix == ".pkl" else save_weights(model, args.dst)
-    print(f"wrote {out} ({name}, {info.layout} layout in, {info.num_classes} classes, input {model.input_norm})")
+    print(f"wrote {out} ({name}, {info.layout} layout in, {info.num_classes} classes, input {model.info.input_norm})")
 
 
 def benchmark_main(argv: Sequence[str] | None = None) -> int:

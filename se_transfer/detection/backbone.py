@@ -26,21 +26,18 @@ from typing import Any
 import torch
 
 from ..models import create_model
-from ..models.factory import RUNTIME_ARGS, model_entry
+from ..models.builder import RUNTIME_ARGS, build_pretrained
 from ..models.fast_se import set_se_impl
-from ..models.resnet import STAGE_NAMES, ResNet
+from ..models.info import IMAGENET_RGB
+from ..models.layouts import WeightsError, read_checkpoint
+from ..models.registry import model_entry
+from ..models.resnet import STAGE_NAMES, STRUCTURE_KEYS, ResNet, architecture_from_state
 from ..models.weights import (
-    IMAGENET_RGB,
-    STRUCTURE_KEYS,
     CheckpointInfo,
-    WeightsError,
-    build_pretrained,
     describe_architecture,
     flavour_conflicts,
     guess_model_name,
-    infer_architecture,
     inspect_state,
-    read_checkpoint,
     structure_mismatch,
 )
 
@@ -162,7 +159,7 @@ def _from_detector(
     if prefix is None:
         raise _fail(f"{path}: a detector checkpoint without an se_transfer backbone (no {DETECTOR_BODY_PREFIXES} keys)")
     body = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    structure = infer_architecture(body, path)
+    structure = architecture_from_state(body, path)
     name = arch or guess_model_name(structure)
     if name is None:
         raise _fail(f"{path}: the detector's backbone matches no registered model; set {arch_key}")
@@ -211,6 +208,6 @@ def build_backbone(
                 "be far below the paper's; pass ImageNet weights (any public layout, see README) with MODEL.WEIGHTS",
                 spec.arch,
             )
-    body.input_norm = dict(spec.input_norm)
+    body.info.input_norm = dict(spec.input_norm)
     spec.info = None  # the tensors now live in the model
     return body

@@ -37,7 +37,8 @@ import yaml
 from ..config import flatten
 from ..engine.checkpoint import atomic_torch_save
 from ..io import atomic_write_text
-from ..models.weights import checkpoint_metadata, read_checkpoint, read_pickle_payload
+from ..models.layouts import read_checkpoint, read_pickle_payload
+from ..models.weights import checkpoint_metadata
 from .backbone import BACKBONE_META_KEY, BackboneConfigError, BackboneSpec, build_backbone, is_detector_state
 from .backbone import resolve_backbone as _resolve
 

@@ -6,6 +6,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,13 +18,23 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..models import read_checkpoint
+from ..models.info import model_info
 from ..models.resnet import ResNet
-from ..models.weights import IMAGENET_RGB, check_fit
+from ..models.weights import check_fit
 from .backbone import build_backbone, resolve_backbone
 
 logger = logging.getLogger(__name__)
 
 FPN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
+
+
+@dataclass
+class DetectorInfo:
+    """What a detector built here carries (``model.info``): the input normalisation its backbone's weights expect and
+    where its weights came from: 'detector' (heads trained), 'imagenet' (backbone only) or 'none'."""
+
+    input_norm: dict[str, Any]
+    weights_source: str
 
 
 class BackboneWithFPN(nn.Module):
@@ -104,7 +115,7 @@ def build_faster_rcnn(
     """
     spec = resolve_backbone(weights, arch, backbone_kwargs, kwargs_key="MODEL.KWARGS")
     body = build_backbone(spec, freeze_at=freeze_at, norm=norm, se_impl=se_impl)
-    input_norm = body.input_norm or IMAGENET_RGB
+    input_norm = model_info(body).input_norm
     backbone = BackboneWithFPN(body, fpn_channels)
     anchors = AnchorGenerator(sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     roi_pool = MultiScaleRoIAlign(featmap_names=["p2", "p3", "p4", "p5"], output_size=7, sampling_ratio=2)
@@ -116,8 +127,7 @@ def build_faster_rcnn(
         **faster_rcnn_kwargs,
     )
     model.transform = NormalizingTransform(min_size, max_size, input_norm, resize=resize_inputs)
-    model.input_norm = dict(input_norm)
-    model.weights_source = spec.source  # 'detector' (heads trained), 'imagenet' (backbone only) or 'none'
+    model.info = DetectorInfo(dict(input_norm), spec.source)
     if spec.source == "detector":
         _load_detector(model, read_checkpoint(spec.path)[0], spec.path)
     return model

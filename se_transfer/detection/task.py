@@ -146,7 +146,7 @@ def run(
     paper = PAPER_AP.get(cfg.MODEL.ARCH)
 
     if eval_only:
-        if model.weights_source != "detector":
+        if model.info.weights_source != "detector":
             raise ConfigError(
                 f"--eval-only: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS or '(empty)'} holds no trained detector (backbone "
                 "weights only, or none), so randomly initialised RPN and box heads would be evaluated; pass a "

@@ -3,7 +3,7 @@
 * ``CifarResNet``: He et al. 2016 (sec. 4.2), post-activation basic blocks, option-A shortcuts (ResNet-20/110).
 * ``PreActResNet``: He et al. 2016 "Identity Mappings", pre-activation bottlenecks (ResNet-164).
 * ``WideResNet``: Zagoruyko & Komodakis 2016, pre-activation basic blocks (WRN-16-8).
-* ``ShakeShake``: Gastaldi 2017, two residual branches combined stochastically (26 2x96d, Shake-Even 29 2x4x64d).
+* ``ShakeShake`` (``se_transfer.models.shake_shake``): Gastaldi 2017, two residual branches combined stochastically.
 
 With ``se=True`` every residual unit carries an ``SEModule`` on its residual branch, just before the sum with the
 identity; everything else is unchanged, so a baseline and its SE twin differ in one thing. All networks end in global
@@ -15,28 +15,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import FunctionCtx
 
-from .factory import register_model
-from .resnet import check_choice, init_weights
+from .info import ModelInfo
+from .layers import check_choice, init_weights
+from .registry import register_model
 from .se import SEModule
 
 SHORTCUT_TYPES = ("A", "B")
-SHAKE_FORWARD = ("shake", "even")
-SHAKE_BACKWARD = ("shake", "even", "keep")
-SHAKE_LEVELS = ("image", "batch")
-SHAKE_BLOCKS = ("basic", "bottleneck")
 
 
-def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups, bias=False)
 
 
-def _conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
-def _blocks_per_stage(depth: int, layers_per_block: int, extra: int, family: str) -> int:
+def blocks_per_stage(depth: int, layers_per_block: int, extra: int, family: str) -> int:
     n, rest = divmod(depth - extra, 3 * layers_per_block)
     if rest or n < 1:
         raise ValueError(f"{family} depth must be {3 * layers_per_block}n+{extra} with n >= 1, got {depth}")
@@ -46,7 +42,7 @@ def _blocks_per_stage(depth: int, layers_per_block: int, extra: int, family: str
 # ----------------------------------------------------------------------------------------------- shared parts
 
 
-class _CifarNet(nn.Module):
+class CifarNet(nn.Module):
     """Shared trunk-to-head plumbing: ``conv1`` -> stages -> ``final`` -> global average pool -> ``fc``."""
 
     num_features: int
@@ -54,7 +50,7 @@ class _CifarNet(nn.Module):
     def _finish(self, num_classes: int, num_features: int) -> None:
         self.num_classes = num_classes
         self.num_features = num_features
-        self.input_norm: dict | None = None  # set by the weight loader when a checkpoint carries one
+        self.info = ModelInfo()
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
         init_weights(self)
@@ -114,7 +110,7 @@ class ShortcutA(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
 
 
-def _make_se(se: bool, channels: int, reduction: int) -> SEModule | None:
+def make_se(se: bool, channels: int, reduction: int) -> SEModule | None:
     return SEModule(channels, reduction=reduction) if se else None
 
 
@@ -126,18 +122,18 @@ class CifarBasicBlock(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, stride: int, shortcut: str, se: bool, reduction: int) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(in_channels, channels, stride)
+        self.conv1 = conv3x3(in_channels, channels, stride)
         self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = _conv3x3(channels, channels)
+        self.conv2 = conv3x3(channels, channels)
         self.bn2 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
-        self.se = _make_se(se, channels, reduction)
+        self.se = make_se(se, channels, reduction)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_channels != channels:
             if shortcut == "A":
                 self.downsample = ShortcutA(in_channels, channels, stride)
             else:
-                self.downsample = nn.Sequential(_conv1x1(in_channels, channels, stride), nn.BatchNorm2d(channels))
+                self.downsample = nn.Sequential(conv1x1(in_channels, channels, stride), nn.BatchNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """relu(se(branch(x)) + shortcut(x))."""
@@ -149,7 +145,7 @@ class CifarBasicBlock(nn.Module):
         return self.relu(out + shortcut)
 
 
-class CifarResNet(_CifarNet):
+class CifarResNet(CifarNet):
     """He et al.'s CIFAR ResNet (sec. 4.2): depth 6n+2, 3x3 conv 16, stages of n basic blocks of 16/32/64 channels.
 
     Args:
@@ -172,8 +168,8 @@ class CifarResNet(_CifarNet):
     ) -> None:
         super().__init__()
         check_choice("shortcut", shortcut, SHORTCUT_TYPES)
-        n = _blocks_per_stage(depth, 2, 2, "CifarResNet")
-        self.conv1 = _conv3x3(in_chans, 16)
+        n = blocks_per_stage(depth, 2, 2, "CifarResNet")
+        self.conv1 = conv3x3(in_chans, 16)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
         in_channels = 16
@@ -206,16 +202,16 @@ class PreActBottleneck(nn.Module):
         super().__init__()
         out_channels = planes * self.expansion
         self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = _conv1x1(in_channels, planes)
+        self.conv1 = conv1x1(in_channels, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride)
+        self.conv2 = conv3x3(planes, planes, stride)
         self.bn3 = nn.BatchNorm2d(planes)
-        self.conv3 = _conv1x1(planes, out_channels)
+        self.conv3 = conv1x1(planes, out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.se = _make_se(se, out_channels, reduction)
+        self.se = make_se(se, out_channels, reduction)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = _conv1x1(in_channels, out_channels, stride)
+            self.downsample = conv1x1(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """se(branch(x)) + shortcut(x), no activation after the sum."""
@@ -229,7 +225,7 @@ class PreActBottleneck(nn.Module):
         return out + shortcut
 
 
-class PreActResNet(_CifarNet):
+class PreActResNet(CifarNet):
     """He et al.'s pre-activation bottleneck ResNet for CIFAR: depth 9n+2 (164: n=18).
 
     3x3 conv 16, three stages of n bottlenecks of widths 16/32/64 (outputs 64/128/256), final BN-ReLU, pool, FC.
@@ -247,8 +243,8 @@ class PreActResNet(_CifarNet):
         self, depth: int = 164, num_classes: int = 10, se: bool = False, reduction: int = 16, in_chans: int = 3
     ) -> None:
         super().__init__()
-        n = _blocks_per_stage(depth, 3, 2, "PreActResNet")
-        self.conv1 = _conv3x3(in_chans, 16)
+        n = blocks_per_stage(depth, 3, 2, "PreActResNet")
+        self.conv1 = conv3x3(in_chans, 16)
         in_channels = 16
         for i, planes in enumerate((16, 32, 64)):
             blocks = []
@@ -279,15 +275,15 @@ class WideBasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = _conv3x3(in_channels, channels, stride)
+        self.conv1 = conv3x3(in_channels, channels, stride)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.conv2 = _conv3x3(channels, channels)
+        self.conv2 = conv3x3(channels, channels)
         self.relu = nn.ReLU(inplace=True)
         self.drop_rate = drop_rate
-        self.se = _make_se(se, channels, reduction)
+        self.se = make_se(se, channels, reduction)
         self.downsample = None
         if stride != 1 or in_channels != channels:
-            self.downsample = _conv1x1(in_channels, channels, stride)
+            self.downsample = conv1x1(in_channels, channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """se(branch(x)) + shortcut(x), no activation after the sum."""
@@ -302,7 +298,7 @@ class WideBasicBlock(nn.Module):
         return out + shortcut
 
 
-class WideResNet(_CifarNet):
+class WideResNet(CifarNet):
     """Zagoruyko & Komodakis' WRN-d-k: depth 6n+4, 3x3 conv 16, stages of n wide blocks of 16k/32k/64k channels.
 
     WRN-16-8: n=2, widths 16, 128, 256, 512. Final BN-ReLU, pool, FC.
@@ -328,10 +324,10 @@ class WideResNet(_CifarNet):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        n = _blocks_per_stage(depth, 2, 4, "WideResNet")
+        n = blocks_per_stage(depth, 2, 4, "WideResNet")
         if widen_factor < 1:
             raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
-        self.conv1 = _conv3x3(in_chans, 16)
+        self.conv1 = conv3x3(in_chans, 16)
         in_channels = 16
         for i, base in enumerate((16, 32, 64)):
             channels = base * widen_factor
@@ -349,236 +345,6 @@ class WideResNet(_CifarNet):
         return F.relu(self.bn_final(x), inplace=True)
 
 
-# ------------------------------------------------------------------------------------------- Shake-Shake
-
-
-class ShakeShakeFunction(torch.autograd.Function):
-    """alpha * x1 + (1 - alpha) * x2 forward; the gradient is split beta / (1 - beta) backward.
-
-    ``alpha`` and ``beta`` broadcast against x1 (N x 1 x 1 x 1 per image, 1 x 1 x 1 x 1 per batch); they get no
-    gradient.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx, x1: torch.Tensor, x2: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor
-    ) -> torch.Tensor:
-        """The forward combination with alpha."""
-        ctx.save_for_backward(beta)
-        return torch.lerp(x2, x1, alpha)  # x2 + alpha * (x1 - x2)
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
-        """Gradients beta * g for x1 and (1 - beta) * g for x2."""
-        (beta,) = ctx.saved_tensors
-        return grad * beta, grad * (1 - beta), None, None
-
-
-def shake_shake(
-    x1: torch.Tensor,
-    x2: torch.Tensor,
-    training: bool,
-    forward: str = "shake",
-    backward: str = "shake",
-    level: str = "image",
-) -> torch.Tensor:
-    """Combine two branch outputs as Shake-Shake does: random coefficients in training, 0.5 / 0.5 in evaluation.
-
-    ``forward``: 'shake' (alpha ~ U(0, 1)) or 'even' (0.5); ``backward``: 'shake' (beta ~ U(0, 1), drawn independently
-    of alpha), 'even' (0.5) or 'keep' (beta = alpha); ``level``: 'image' (one coefficient per image) or 'batch'.
-    The coefficients come from the default torch RNG of the tensors' device.
-    """
-    if not training:
-        return (x1 + x2) * 0.5
-    shape = (x1.shape[0] if level == "image" else 1, 1, 1, 1)
-    kw = {"device": x1.device, "dtype": x1.dtype}
-    alpha = torch.rand(shape, **kw) if forward == "shake" else torch.full(shape, 0.5, **kw)
-    if backward == "keep":
-        beta = alpha
-    else:
-        beta = torch.rand(shape, **kw) if backward == "shake" else torch.full(shape, 0.5, **kw)
-    return ShakeShakeFunction.apply(x1, x2, alpha, beta)
-
-
-class ShakeShortcut(nn.Module):
-    """Gastaldi's shortcut when the shape changes: ReLU, then two paths concatenated along channels, then BN.
-
-    Path 1: 1x1 average pooling with stride s (subsampling) and a 1x1 conv to C_out/2 channels. Path 2: the same on the
-    input shifted by one pixel right and down (zero row/column on top/left), so it sees the other pixels.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        if out_channels % 2:
-            raise ValueError(f"the Shake-Shake shortcut needs an even channel count, got {out_channels}")
-        self.stride = stride
-        self.conv1 = _conv1x1(in_channels, out_channels // 2)
-        self.conv2 = _conv1x1(in_channels, out_channels // 2)
-        self.bn = nn.BatchNorm2d(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """ReLU, two subsampled 1x1 convolutions (one on the shifted input), concatenation, BN."""
-        x = F.relu(x)
-        s = self.stride
-        shifted = F.pad(x[:, :, :-1, :-1], (1, 0, 1, 0))
-        y1 = self.conv1(x[:, :, ::s, ::s])
-        y2 = self.conv2(shifted[:, :, ::s, ::s])
-        return self.bn(torch.cat([y1, y2], dim=1))
-
-
-def _shake_branch(
-    block: str, in_channels: int, out_channels: int, stride: int, inner: int, groups: int
-) -> nn.Sequential:
-    # The leading ReLU must not be in place: the other branch and the shortcut read the same input.
-    if block == "basic":
-        layers = [
-            nn.ReLU(inplace=False),
-            _conv3x3(in_channels, out_channels, stride),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            _conv3x3(out_channels, out_channels),
-            nn.BatchNorm2d(out_channels),
-        ]
-    else:
-        layers = [
-            nn.ReLU(inplace=False),
-            _conv1x1(in_channels, inner),
-            nn.BatchNorm2d(inner),
-            nn.ReLU(inplace=True),
-            _conv3x3(inner, inner, stride, groups=groups),
-            nn.BatchNorm2d(inner),
-            nn.ReLU(inplace=True),
-            _conv1x1(inner, out_channels),
-            nn.BatchNorm2d(out_channels),
-        ]
-    return nn.Sequential(*layers)
-
-
-class ShakeBlock(nn.Module):
-    """Two residual branches combined by ``shake_shake``, [SE on the combination], + shortcut; no ReLU after the sum."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        stride: int,
-        block: str,
-        inner: int,
-        groups: int,
-        se: bool,
-        reduction: int,
-        shake_forward: str,
-        shake_backward: str,
-        shake_level: str,
-    ) -> None:
-        super().__init__()
-        self.branch1 = _shake_branch(block, in_channels, out_channels, stride, inner, groups)
-        self.branch2 = _shake_branch(block, in_channels, out_channels, stride, inner, groups)
-        self.se = _make_se(se, out_channels, reduction)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = ShakeShortcut(in_channels, out_channels, stride)
-        self.shake_forward = shake_forward
-        self.shake_backward = shake_backward
-        self.shake_level = shake_level
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """se(shake(branch1(x), branch2(x))) + shortcut(x)."""
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = shake_shake(
-            self.branch1(x), self.branch2(x), self.training, self.shake_forward, self.shake_backward, self.shake_level
-        )
-        if self.se is not None:
-            return self.se.residual_sum(out, shortcut, relu=False)
-        return out + shortcut
-
-
-class ShakeShake(_CifarNet):
-    """Gastaldi's Shake-Shake ResNets for CIFAR: 3x3 conv + BN stem, three stages of two-branch blocks, ReLU, pool, FC.
-
-    Our reading of the two nets of the SENet paper:
-
-    * 'Shake-Shake 26 2x96d' (C10, ``block='basic'``): depth 6n+2 with n=4 blocks per stage, stem width 16, stage
-      widths d, 2d, 4d = 96/192/384. Each branch is ReLU-conv3x3-BN-ReLU-conv3x3-BN (stride in the first conv),
-      exactly the layout of Gastaldi's Torch code.
-    * 'Shake-Even 29 2x4x64d' (C100, ``block='bottleneck'``): the ResNeXt-29 of Gastaldi's CIFAR-100 experiment with 2
-      residual branches, each a ResNeXt bottleneck of cardinality 4 and width 64 per group: ReLU-conv1x1-BN-ReLU-
-      grouped conv3x3 (4 groups, stride)-BN-ReLU-conv1x1-BN with inner widths 4*64*2^i = 256/512/1024 and output
-      widths 4*d*2^i = 256/512/1024; depth 9n+2 with n=3 blocks per stage; stem width 64 (ResNeXt-29's).
-
-    The shortcut is the identity, or ``ShakeShortcut`` where the shape changes (including 16 -> 96 in the first
-    stage). The branches are combined by ``shake_shake`` (forward 'shake'/'even', backward 'shake'/'even'/'keep',
-    level 'image'/'batch'; evaluation always uses 0.5/0.5). Shake-Shake-Image is forward 'shake', backward 'shake',
-    level 'image'; Shake-Even is forward 'shake', backward 'even'. With SE, the SE block acts on the combination of
-    the two branches, before the addition with the shortcut.
-
-    Args:
-        depth: 6n+2 for basic blocks, 9n+2 for bottlenecks.
-        base_width: d, the width of the first stage (basic) or the width per group (bottleneck).
-        num_classes: classifier outputs (0: no classifier).
-        block: 'basic' or 'bottleneck'.
-        cardinality: groups of the bottleneck's 3x3 convolution (basic blocks: must be 1).
-        stem_width: channels of the stem convolution.
-        se: put an SE block on the combined residual branches (before the addition).
-        reduction: SE reduction ratio r.
-        shake_forward, shake_backward, shake_level: see ``shake_shake``.
-        in_chans: input channels.
-    """
-
-    def __init__(
-        self,
-        depth: int = 26,
-        base_width: int = 96,
-        num_classes: int = 10,
-        block: str = "basic",
-        cardinality: int = 1,
-        stem_width: int = 16,
-        se: bool = False,
-        reduction: int = 16,
-        shake_forward: str = "shake",
-        shake_backward: str = "shake",
-        shake_level: str = "image",
-        in_chans: int = 3,
-    ) -> None:
-        super().__init__()
-        check_choice("block", block, SHAKE_BLOCKS)
-        check_choice("shake_forward", shake_forward, SHAKE_FORWARD)
-        check_choice("shake_backward", shake_backward, SHAKE_BACKWARD)
-        check_choice("shake_level", shake_level, SHAKE_LEVELS)
-        if block == "basic" and cardinality != 1:
-            raise ValueError("Shake-Shake basic blocks support only cardinality=1")
-        n = _blocks_per_stage(depth, 2 if block == "basic" else 3, 2, f"ShakeShake ({block})")
-        self.conv1 = _conv3x3(in_chans, stem_width)
-        self.bn1 = nn.BatchNorm2d(stem_width)
-        in_channels = stem_width
-        opts = {
-            "se": se,
-            "reduction": reduction,
-            "shake_forward": shake_forward,
-            "shake_backward": shake_backward,
-            "shake_level": shake_level,
-        }
-        for i in range(3):
-            scale = 2**i
-            out_channels = base_width * scale if block == "basic" else 4 * base_width * scale
-            inner = cardinality * base_width * scale
-            blocks = []
-            for b in range(n):
-                stride = 2 if (i > 0 and b == 0) else 1
-                blocks.append(ShakeBlock(in_channels, out_channels, stride, block, inner, cardinality, **opts))
-                in_channels = out_channels
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        self._finish(num_classes, in_channels)
-
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """conv3x3-BN (the branches start with a ReLU)."""
-        return self.bn1(self.conv1(x))
-
-    def final(self, x: torch.Tensor) -> torch.Tensor:
-        """The last ReLU."""
-        return F.relu(x)
-
-
 # ------------------------------------------------------------------------------------------- registration
 
 _DEFS: dict[str, tuple[type[nn.Module], dict]] = {
@@ -586,20 +352,14 @@ _DEFS: dict[str, tuple[type[nn.Module], dict]] = {
     "resnet110": (CifarResNet, {"depth": 110}),
     "preact_resnet164": (PreActResNet, {"depth": 164}),
     "wrn16_8": (WideResNet, {"depth": 16, "widen_factor": 8}),
-    "shake_shake26_2x96d": (ShakeShake, {"depth": 26, "base_width": 96, "block": "basic"}),
-    "shake_even29_2x4x64d": (
-        ShakeShake,
-        {
-            "depth": 29,
-            "base_width": 64,
-            "block": "bottleneck",
-            "cardinality": 4,
-            "stem_width": 64,
-            "shake_forward": "shake",
-            "shake_backward": "even",
-        },
-    ),
 }
-for _name, (_builder, _kwargs) in _DEFS.items():
-    register_model(_name, _builder, "cifar", **_kwargs)
-    register_model("se_" + _name, _builder, "cifar", **_kwargs, se=True)
+
+
+def register_cifar(defs: dict[str, tuple[type[nn.Module], dict]]) -> None:
+    """Register each CIFAR model and its SE twin (``se_`` + name, ``se=True``)."""
+    for name, (builder, kwargs) in defs.items():
+        register_model(name, builder, "cifar", **kwargs)
+        register_model("se_" + name, builder, "cifar", **kwargs, se=True)
+
+
+register_cifar(_DEFS)

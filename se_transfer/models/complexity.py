@@ -60,7 +60,7 @@ def count_macs(model: nn.Module, input_size: int = 224, batch_size: int = 1) -> 
 
 def complexity_row(name: str, input_size: int = 224, **overrides: Any) -> dict[str, Any]:
     """Parameters and multiply-adds of a registered model, built on the meta device (no memory, no compute)."""
-    from .factory import create_model
+    from .builder import create_model
 
     with torch.device("meta"):
         model = create_model(name, **overrides)

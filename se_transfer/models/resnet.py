@@ -1,4 +1,6 @@
-"""ResNet / ResNeXt / SENet family for 224x224 inputs, with and without SE blocks.
+"""The ResNet / ResNeXt / SENet family for 224x224 inputs, with and without SE blocks: the network, its options
+(``ResNetConfig``), how its structure is read back from a state dict, the public weight layouts' flavours and input
+normalisation, and the registered models.
 
 One implementation covers the baselines and their SE versions, so a comparison changes one thing.
 The default SE models are the official (Caffe) architectures of hujie-frank/SENet layer for layer; the options
@@ -11,221 +13,34 @@ Module names follow torchvision where they can (``layer1``..``layer4``, ``fc``, 
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
 
-from .se import SEModule
+from .blocks import SE_VARIANTS, BasicBlock, Bottleneck, SEOptions
+from .info import DETECTRON2_MSRA_BGR, IMAGENET_RGB, ModelInfo
+from .layers import NORM_TYPES, ShapeSpec, check_choice, convert_frozen_batchnorm, init_weights, norm_layer
+from .layouts import WeightsError
+from .registry import register_model
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 # Bottleneck "planes" of res2..res5 (outputs are 4x these for bottleneck blocks).
 RESNET_STAGE_PLANES = (64, 128, 256, 512)
 FEATURE_NAMES = ("stem",) + STAGE_NAMES
-SE_VARIANTS = ("standard", "pre", "post", "identity", "3x3")
 STEM_TYPES = ("7x7", "deep")
 STEM_POOLS = ("caffe", "pytorch")
 BLOCK_TYPES = ("basic", "bottleneck")
-NORM_TYPES = ("BN", "FrozenBN")
 
 
-class ShapeSpec(NamedTuple):
-    """Channels and stride (w.r.t. the input image) of a feature map."""
-
-    channels: int
-    stride: int
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "BN":
-        return nn.BatchNorm2d(channels)
-    return FrozenBatchNorm2d(channels)
-
-
-def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
-    """Return ``module`` with every BatchNorm2d replaced by a FrozenBatchNorm2d holding the same statistics."""
-    if isinstance(module, nn.BatchNorm2d):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        if module.affine:
-            frozen.weight.copy_(module.weight.detach())
-            frozen.bias.copy_(module.bias.detach())
-        if module.track_running_stats:
-            frozen.running_mean.copy_(module.running_mean)
-            frozen.running_var.copy_(module.running_var)
-        return frozen
-    for name, child in module.named_children():
-        new = convert_frozen_batchnorm(child)
-        if new is not child:
-            setattr(module, name, new)
-    return module
-
-
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out) convolutions, BN weight 1 and bias 0, zero biases of convolutions and classifiers."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
-class _SEOptions(NamedTuple):
-    variant: str
-    reduction: int
-    squeeze: str
-    gate: str
-    bias: bool
-    no_squeeze: bool
-
-    def make(self, channels: int, hidden: int | None) -> SEModule:
-        return SEModule(
-            channels,
-            reduction=self.reduction,
-            hidden_channels=hidden,
-            squeeze=self.squeeze,
-            gate=self.gate,
-            bias=self.bias,
-            no_squeeze=self.no_squeeze,
-        )
-
-
-class _ResidualBlock(nn.Module):
-    """Shared forward of the residual units: where the SE sits is the only thing the variants change."""
-
-    se_variant: str | None
-
-    def _attach_se(self, se: _SEOptions | None, channels: dict[str, int], hidden: int | None) -> None:
-        self.se_variant = None if se is None else se.variant
-        if se is not None:
-            self.se = se.make(channels[se.variant], hidden)
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.downsample is None else self.downsample(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variant = self.se_variant
-        shortcut = self.shortcut(x)
-        if variant == "pre":
-            x = self.se(x)
-        out = self.residual(x)
-        if variant == "standard":
-            return self.se.residual_sum(out, shortcut, relu=True)
-        if variant == "identity":
-            shortcut = self.se(shortcut)
-        out = self.relu(out + shortcut)
-        if variant == "post":
-            out = self.se(out)
-        return out
-
-
-class BasicBlock(_ResidualBlock):
-    """Two 3x3 convolutions (ResNet-18/34)."""
-
-    expansion = 1
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int,
-        downsample: nn.Module | None,
-        norm: str,
-        se: _SEOptions | None,
-        se_hidden: int | None,
-        relu_before_se: bool = False,
-    ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = _norm(norm, planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = _norm(norm, planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        # timm's legacy_seresnet18/34 apply a ReLU after bn2 (before the SE and the sum); their weights need it.
-        self.relu_before_se = relu_before_se
-        self._attach_se(
-            se, {"standard": planes, "post": planes, "identity": planes, "pre": inplanes, "3x3": planes}, se_hidden
-        )
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        if self.se_variant == "3x3":
-            out = self.se(out)
-        out = self.bn2(self.conv2(out))
-        if self.relu_before_se:
-            out = self.relu(out)
-        return out
-
-
-class Bottleneck(_ResidualBlock):
-    """1x1 -> 3x3 (grouped for ResNeXt/SENet) -> 1x1 with 4x expansion."""
-
-    expansion = 4
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int,
-        downsample: nn.Module | None,
-        norm: str,
-        se: _SEOptions | None,
-        se_hidden: int | None,
-        groups: int = 1,
-        width_per_group: int = 64,
-        reduce_first: int = 1,
-        stride_in_1x1: bool = False,
-    ) -> None:
-        super().__init__()
-        width = int(planes * width_per_group / 64) * groups
-        first_width = width // reduce_first
-        out_channels = planes * self.expansion
-        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = nn.Conv2d(inplanes, first_width, 1, stride=s1, bias=False)
-        self.bn1 = _norm(norm, first_width)
-        self.conv2 = nn.Conv2d(first_width, width, 3, stride=s3, padding=1, groups=groups, bias=False)
-        self.bn2 = _norm(norm, width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = _norm(norm, out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self._attach_se(
-            se,
-            {"standard": out_channels, "post": out_channels, "identity": out_channels, "pre": inplanes, "3x3": width},
-            se_hidden,
-        )
-
-    def residual_head(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual branch up to the input of its last 1x1 conv."""
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        if self.se_variant == "3x3":
-            out = self.se(out)
-        return out
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn3(self.conv3(self.residual_head(x)))
-
-
-def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
-    """A ValueError naming the argument and its valid values when ``value`` is not one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-
-
-class ResNet(nn.Module):
-    """ResNet / ResNeXt / SENet backbone with an optional classifier head.
+@dataclasses.dataclass(frozen=True)
+class ResNetConfig:
+    """Every option of a :class:`ResNet`, checked when made.
 
     Args:
         block: 'basic' (ResNet-18/34) or 'bottleneck'.
@@ -256,99 +71,129 @@ class ResNet(nn.Module):
         in_chans: input channels.
     """
 
-    def __init__(
-        self,
-        block: str = "bottleneck",
-        layers: Sequence[int] = (3, 4, 6, 3),
-        num_classes: int = 1000,
-        groups: int = 1,
-        width_per_group: int = 64,
-        reduce_first: int = 1,
-        stride_in_1x1: bool = False,
-        stem_type: str = "7x7",
-        stem_width: int = 64,
-        stem_pool: str = "caffe",
-        downsample_kernel: int = 1,
-        se_stages: Sequence[int] = (),
-        reduction: int = 16,
-        se_variant: str = "standard",
-        se_squeeze: str = "avg",
-        se_gate: str = "sigmoid",
-        se_bias: bool = True,
-        se_no_squeeze: bool = False,
-        se_channels: Sequence[int | None] | None = None,
-        basic_relu_before_se: bool = False,
-        drop_rate: float = 0.0,
-        norm: str = "BN",
-        zero_init_last: bool = False,
-        features_only: bool = False,
-        out_features: Sequence[str] | None = None,
-        freeze_at: int = 0,
-        in_chans: int = 3,
-    ) -> None:
-        super().__init__()
-        check_choice("block", block, BLOCK_TYPES)
-        check_choice("stem_type", stem_type, STEM_TYPES)
-        check_choice("stem_pool", stem_pool, STEM_POOLS)
-        check_choice("se_variant", se_variant, SE_VARIANTS)
-        check_choice("norm", norm, NORM_TYPES)
-        if len(layers) != 4 or any(int(n) < 1 for n in layers):
-            raise ValueError(f"layers must give 4 positive block counts (res2..res5), got {tuple(layers)}")
-        bad = [s for s in se_stages if s not in (2, 3, 4, 5)]
-        if bad:
-            raise ValueError(f"se_stages must be a subset of (2, 3, 4, 5), got {tuple(se_stages)}")
-        if se_channels is not None and len(se_channels) != 4:
-            raise ValueError(f"se_channels must give 4 widths (res2..res5), got {tuple(se_channels)}")
-        if block == "basic" and (groups != 1 or width_per_group != 64):
+    block: str = "bottleneck"
+    layers: Sequence[int] = (3, 4, 6, 3)
+    num_classes: int = 1000
+    groups: int = 1
+    width_per_group: int = 64
+    reduce_first: int = 1
+    stride_in_1x1: bool = False
+    stem_type: str = "7x7"
+    stem_width: int = 64
+    stem_pool: str = "caffe"
+    downsample_kernel: int = 1
+    se_stages: Sequence[int] = ()
+    reduction: int = 16
+    se_variant: str = "standard"
+    se_squeeze: str = "avg"
+    se_gate: str = "sigmoid"
+    se_bias: bool = True
+    se_no_squeeze: bool = False
+    se_channels: Sequence[int | None] | None = None
+    basic_relu_before_se: bool = False
+    drop_rate: float = 0.0
+    norm: str = "BN"
+    zero_init_last: bool = False
+    features_only: bool = False
+    out_features: Sequence[str] | None = None
+    freeze_at: int = 0
+    in_chans: int = 3
+
+    def __post_init__(self) -> None:
+        check_choice("block", self.block, BLOCK_TYPES)
+        check_choice("stem_type", self.stem_type, STEM_TYPES)
+        check_choice("stem_pool", self.stem_pool, STEM_POOLS)
+        check_choice("se_variant", self.se_variant, SE_VARIANTS)
+        check_choice("norm", self.norm, NORM_TYPES)
+        if len(self.layers) != 4 or any(int(n) < 1 for n in self.layers):
+            raise ValueError(f"layers must give 4 positive block counts (res2..res5), got {tuple(self.layers)}")
+        if any(s not in (2, 3, 4, 5) for s in self.se_stages):
+            raise ValueError(f"se_stages must be a subset of (2, 3, 4, 5), got {tuple(self.se_stages)}")
+        if self.se_channels is not None and len(self.se_channels) != 4:
+            raise ValueError(f"se_channels must give 4 widths (res2..res5), got {tuple(self.se_channels)}")
+        if self.block == "basic" and (self.groups != 1 or self.width_per_group != 64):
             raise ValueError("basic blocks support only groups=1 and width_per_group=64")
-        if downsample_kernel not in (1, 3):
-            raise ValueError(f"downsample_kernel must be 1 or 3, got {downsample_kernel}")
-        if not 0 <= freeze_at <= 5:
-            raise ValueError(f"freeze_at must be in 0..5 (0 none, 1 stem, 2 stem+res2, ...), got {freeze_at}")
+        if self.downsample_kernel not in (1, 3):
+            raise ValueError(f"downsample_kernel must be 1 or 3, got {self.downsample_kernel}")
+        if not 0 <= self.freeze_at <= 5:
+            raise ValueError(f"freeze_at must be in 0..5 (0 none, 1 stem, 2 stem+res2, ...), got {self.freeze_at}")
+        if self.features_only:
+            out = tuple(self.out_features) if self.out_features is not None else STAGE_NAMES
+            unknown = [f for f in out if f not in FEATURE_NAMES]
+            if unknown or not out:
+                raise ValueError(f"out_features must be a non-empty subset of {FEATURE_NAMES}, got {out}")
+        elif self.out_features is not None:
+            raise ValueError("out_features is only used with features_only=True")
 
-        self.num_classes = num_classes
-        self.features_only = features_only
-        self.input_norm: dict | None = None  # set by the weight loader: mean, std, channel order, pixel range
-        block_cls = BasicBlock if block == "basic" else Bottleneck
+    @property
+    def num_stages(self) -> int:
+        """How many of res2..res5 are built (a backbone stops at its last output)."""
+        if not self.features_only:
+            return 4
+        return max(FEATURE_NAMES.index(f) for f in self.outputs)
 
-        self.stem = self._make_stem(stem_type, stem_width, stem_pool, norm, in_chans)
-        shapes = {"stem": ShapeSpec(stem_width, 4)}
-        if features_only:
-            out_features = tuple(out_features) if out_features is not None else STAGE_NAMES
-            unknown = [f for f in out_features if f not in FEATURE_NAMES]
-            if unknown or not out_features:
-                raise ValueError(f"out_features must be a non-empty subset of {FEATURE_NAMES}, got {out_features}")
-            num_stages = max(FEATURE_NAMES.index(f) for f in out_features)
-        else:
-            if out_features is not None:
-                raise ValueError("out_features is only used with features_only=True")
-            num_stages = 4
-        se_opts = _SEOptions(se_variant, reduction, se_squeeze, se_gate, se_bias, se_no_squeeze)
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The feature maps a backbone returns (features mode)."""
+        if not self.features_only:
+            return ()
+        return tuple(self.out_features) if self.out_features is not None else STAGE_NAMES
 
-        inplanes = stem_width
-        for i in range(num_stages):
-            planes = RESNET_STAGE_PLANES[i]
-            stride = 1 if i == 0 else 2
+    def stage(self, i: int) -> tuple[int, int, int]:
+        """(blocks, planes, stride) of stage ``i`` (0: res2 ... 3: res5)."""
+        return int(self.layers[i]), RESNET_STAGE_PLANES[i], 1 if i == 0 else 2
+
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(ResNetConfig)}
+
+
+class ResNet(nn.Module):
+    """ResNet / ResNeXt / SENet backbone with an optional classifier head.
+
+    ``ResNet(config)`` with a :class:`ResNetConfig`, or ``ResNet(**options)`` with its fields (see there).
+    ``model.info`` (``se_transfer.models.info.ModelInfo``) says what the model is and where its weights came from.
+    """
+
+    Config = ResNetConfig
+
+    def __init__(self, config: ResNetConfig | None = None, **options: Any) -> None:
+        super().__init__()
+        if config is not None and options:
+            raise TypeError("ResNet takes a ResNetConfig or keyword options, not both")
+        cfg = config if config is not None else ResNetConfig(**options)
+        self.config = cfg
+        self.info = ModelInfo()
+        self.num_classes = cfg.num_classes
+        self.features_only = cfg.features_only
+        block_cls = BasicBlock if cfg.block == "basic" else Bottleneck
+        self.stem = self._make_stem(cfg.stem_type, cfg.stem_width, cfg.stem_pool, cfg.norm, cfg.in_chans)
+        shapes = {"stem": ShapeSpec(cfg.stem_width, 4)}
+        se_opts = SEOptions(cfg.se_variant, cfg.reduction, cfg.se_squeeze, cfg.se_gate, cfg.se_bias, cfg.se_no_squeeze)
+        inplanes = cfg.stem_width
+        for i in range(cfg.num_stages):
+            num_blocks, planes, stride = cfg.stage(i)
             out_channels = planes * block_cls.expansion
-            stage_se = se_opts if (i + 2) in se_stages else None
-            hidden = se_channels[i] if se_channels is not None else None
+            stage_se = se_opts if (i + 2) in cfg.se_stages else None
+            hidden = cfg.se_channels[i] if cfg.se_channels is not None else None
             blocks = []
-            for b in range(layers[i]):
+            for b in range(num_blocks):
                 s = stride if b == 0 else 1
                 downsample = None
                 if b == 0 and (s != 1 or inplanes != out_channels):
-                    k = downsample_kernel if i > 0 else 1
+                    k = cfg.downsample_kernel if i > 0 else 1
                     downsample = nn.Sequential(
                         nn.Conv2d(inplanes, out_channels, k, stride=s, padding=k // 2, bias=False),
-                        _norm(norm, out_channels),
+                        norm_layer(cfg.norm, out_channels),
                     )
-                if block == "basic":
-                    blk = BasicBlock(inplanes, planes, s, downsample, norm, stage_se, hidden, basic_relu_before_se)
+                if cfg.block == "basic":
+                    blk = BasicBlock(
+                        inplanes, planes, s, downsample, cfg.norm, stage_se, hidden, cfg.basic_relu_before_se
+                    )
                 else:
                     blk = Bottleneck(
-                        inplanes, planes, s, downsample, norm, stage_se, hidden,
-                        groups=groups, width_per_group=width_per_group,
-                        reduce_first=reduce_first, stride_in_1x1=stride_in_1x1,
+                        inplanes, planes, s, downsample, cfg.norm, stage_se, hidden,
+                        groups=cfg.groups, width_per_group=cfg.width_per_group,
+                        reduce_first=cfg.reduce_first, stride_in_1x1=cfg.stride_in_1x1,
                     )  # fmt: skip
                 blocks.append(blk)
                 inplanes = out_channels
@@ -356,37 +201,34 @@ class ResNet(nn.Module):
             shapes[STAGE_NAMES[i]] = ShapeSpec(out_channels, 4 * 2**i)
         self._stage_shapes = shapes
         self.num_features = inplanes
-
-        if features_only:
-            self.out_features = tuple(out_features)
-        else:
-            self.out_features = ()
+        self.out_features = cfg.outputs
+        if not cfg.features_only:
             self.global_pool = nn.AdaptiveAvgPool2d(1)
-            self.drop_rate = drop_rate
-            self.fc = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights(zero_init_last)
+            self.drop_rate = cfg.drop_rate
+            self.fc = nn.Linear(inplanes, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self._init_weights(cfg.zero_init_last)
         self.freeze_at = 0
-        self.freeze(freeze_at)
+        self.freeze(cfg.freeze_at)
 
     @staticmethod
     def _make_stem(stem_type: str, width: int, pool: str, norm: str, in_chans: int) -> nn.Sequential:
         if stem_type == "7x7":
             mods = [
                 ("conv1", nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)),
-                ("bn1", _norm(norm, width)),
+                ("bn1", norm_layer(norm, width)),
                 ("relu1", nn.ReLU(inplace=True)),
             ]
         else:
             mid = width // 2
             mods = [
                 ("conv1", nn.Conv2d(in_chans, mid, 3, stride=2, padding=1, bias=False)),
-                ("bn1", _norm(norm, mid)),
+                ("bn1", norm_layer(norm, mid)),
                 ("relu1", nn.ReLU(inplace=True)),
                 ("conv2", nn.Conv2d(mid, mid, 3, stride=1, padding=1, bias=False)),
-                ("bn2", _norm(norm, mid)),
+                ("bn2", norm_layer(norm, mid)),
                 ("relu2", nn.ReLU(inplace=True)),
                 ("conv3", nn.Conv2d(mid, width, 3, stride=1, padding=1, bias=False)),
-                ("bn3", _norm(norm, width)),
+                ("bn3", norm_layer(norm, width)),
                 ("relu3", nn.ReLU(inplace=True)),
             ]
         if pool == "caffe":
@@ -466,3 +308,131 @@ class ResNet(nn.Module):
             raise RuntimeError("a features_only model has no classifier")
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+# ------------------------------------------------------------------------------ structure, read back from weights
+
+# Arguments that fix the network's shape: a checkpoint and the requested model must agree on them.
+STRUCTURE_KEYS = (
+    "block",
+    "layers",
+    "groups",
+    "width_per_group",
+    "reduce_first",
+    "stem_type",
+    "stem_width",
+    "downsample_kernel",
+    "se_stages",
+)
+
+
+def architecture_from_state(state: Mapping[str, torch.Tensor], path: str | os.PathLike = "") -> dict[str, Any]:
+    """Read the structure (block type, depths, groups, widths, stem, SE stages and widths) off a mapped state dict."""
+
+    def shape(key: str) -> torch.Size:
+        if key not in state:
+            raise WeightsError(f"{path}: tensor {key!r} is missing; cannot tell the architecture")
+        return state[key].shape
+
+    arch: dict[str, Any] = {}
+    arch["block"] = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
+    layers = []
+    for stage in range(1, 5):
+        idx = {int(m.group(1)) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
+        if not idx:
+            raise WeightsError(f"{path}: no tensors for stage layer{stage} (res{stage + 1})")
+        layers.append(max(idx) + 1)
+    arch["layers"] = layers
+    arch["stem_type"] = "deep" if "stem.conv2.weight" in state else "7x7"
+    arch["stem_width"] = shape("stem.conv3.weight" if arch["stem_type"] == "deep" else "stem.conv1.weight")[0]
+    if arch["block"] == "bottleneck":
+        first_width, per_group = shape("layer1.0.conv1.weight")[0], shape("layer1.0.conv2.weight")[1]
+        width = shape("layer1.0.conv2.weight")[0]
+        groups = first_width // per_group
+        arch.update(groups=groups, width_per_group=width // groups, reduce_first=width // first_width)
+    else:
+        arch.update(groups=1, width_per_group=64, reduce_first=1)
+    ds = "layer2.0.downsample.0.weight"
+    arch["downsample_kernel"] = state[ds].shape[-1] if ds in state else 1
+    se_stages, se_channels = [], []
+    for stage in range(1, 5):
+        widths = {v.shape[0] for k, v in state.items() if re.fullmatch(rf"layer{stage}\.\d+\.se\.fc1\.weight", k)}
+        if widths:
+            se_stages.append(stage + 1)
+        # Blocks that disagree leave the default width, so that the odd tensor is named when loading.
+        se_channels.append(widths.pop() if len(widths) == 1 else None)
+    arch["se_stages"] = se_stages
+    arch["se_channels"] = se_channels
+    arch["se_bias"] = any(k.endswith(".se.fc1.bias") for k in state) or not se_stages
+    return arch
+
+
+# ------------------------------------------------------------------------------------- public weight layouts
+
+# The input normalisation each public layout's weights expect (see se_transfer.models.layouts for the layouts).
+LAYOUT_INPUT_NORM = {"cadene": IMAGENET_RGB, "torchvision": IMAGENET_RGB, "caffe2": DETECTRON2_MSRA_BGR}
+
+
+def layout_flavour(layout: str, arch: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture options a layout implies beyond its tensor shapes."""
+    if layout == "cadene":
+        return {
+            # SEResNetBottleneck strides its 1x1; SEResNeXtBottleneck and SEBottleneck (SENet-154) their 3x3.
+            "stride_in_1x1": arch["block"] == "bottleneck" and arch["groups"] == 1,
+            "stem_pool": "caffe",
+            # timm's legacy SEResNetBlock has a ReLU after bn2.
+            "basic_relu_before_se": arch["block"] == "basic",
+        }
+    if layout == "torchvision":
+        return {"stride_in_1x1": False, "stem_pool": "pytorch"}
+    if layout == "caffe2":
+        # MSRA ResNets stride their 1x1; FAIR's ResNeXts their 3x3. detectron2's stem pool pads by 1.
+        return {"stride_in_1x1": arch["block"] == "bottleneck" and arch["groups"] == 1, "stem_pool": "pytorch"}
+    if layout == "detectron2":  # converted from torchvision by detectron2's convert-torchvision-to-d2.py
+        return {"stride_in_1x1": False, "stem_pool": "pytorch"}
+    return {}  # a bare state dict of ours: the requested model's own defaults
+
+
+# ------------------------------------------------------------------------------------------- registered models
+
+# The ImageNet family: every SE model defaults to its official (Caffe) architecture; each baseline is the same
+# network with se_stages=() so that a comparison changes one thing.
+
+_SE = {"se_stages": (2, 3, 4, 5)}
+_BASIC = {"block": "basic", "stem_pool": "caffe"}
+_RESNET = {"block": "bottleneck", "stride_in_1x1": True, "stem_pool": "caffe"}
+_RESNEXT_32X4D = {
+    "block": "bottleneck",
+    "groups": 32,
+    "width_per_group": 4,
+    "stride_in_1x1": False,
+    "stem_pool": "caffe",
+}
+
+_DEFS: dict[str, dict[str, Any]] = {
+    "resnet18": dict(_BASIC, layers=(2, 2, 2, 2)),
+    "resnet34": dict(_BASIC, layers=(3, 4, 6, 3)),
+    "resnet50": dict(_RESNET, layers=(3, 4, 6, 3)),
+    "resnet101": dict(_RESNET, layers=(3, 4, 23, 3)),
+    "resnet152": dict(_RESNET, layers=(3, 8, 36, 3)),
+    "resnext50_32x4d": dict(_RESNEXT_32X4D, layers=(3, 4, 6, 3)),
+    "resnext101_32x4d": dict(_RESNEXT_32X4D, layers=(3, 4, 23, 3)),
+    "senet154": dict(
+        block="bottleneck",
+        layers=(3, 8, 36, 3),
+        groups=64,
+        width_per_group=4,
+        reduce_first=2,
+        stride_in_1x1=False,
+        stem_type="deep",
+        stem_width=128,
+        stem_pool="caffe",
+        downsample_kernel=3,
+        drop_rate=0.2,
+        **_SE,
+    ),
+}
+for _base in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x4d"):
+    _DEFS["se_" + _base] = dict(_DEFS[_base], **_SE)
+for _name, _kwargs in _DEFS.items():
+    register_model(_name, ResNet, "imagenet", **_kwargs)

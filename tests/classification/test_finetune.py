@@ -75,7 +75,7 @@ def test_freezing_a_cifar_model_is_refused():
 
 def test_input_normalisation_follows_the_weights():
     model = create_model("resnet18", num_classes=3).eval()
-    model.input_norm = dict(CAFFE_BGR)
+    model.info.input_norm = dict(CAFFE_BGR)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(normalize_input(x, CAFFE_BGR))

@@ -49,7 +49,7 @@ def test_convert_weights_recognises_the_model_and_writes_every_format(tmp_path, 
     for dst in ("ours.pth", "ours.safetensors"):
         assert convert_weights_main([str(tmp_path / "cadene.pth"), str(tmp_path / dst)]) == 0
         model = create_model("se_resnext50_32x4d", pretrained=tmp_path / dst).eval()
-        assert model.pretrained_source["layout"] == "se_transfer"
+        assert model.info.source.layout == "se_transfer"
         with torch.no_grad():
             assert (model(x) - expected).abs().max() < 1e-4
     assert "se_resnext50_32x4d" in capsys.readouterr().out

@@ -16,7 +16,8 @@ import torchvision
 from se_transfer.detection.backbone import BackboneConfigError, resolve_backbone
 from se_transfer.detection.model import build_faster_rcnn
 from se_transfer.models import create_model, save_detectron2, save_weights
-from se_transfer.models.weights import CAFFE_BGR, to_detectron2
+from se_transfer.models.info import CAFFE_BGR
+from se_transfer.models.layouts import to_detectron2
 from tests.helpers import randomize_batchnorm
 
 timm = pytest.importorskip("timm")
@@ -311,7 +312,7 @@ def test_both_detectors_compute_the_same_backbone_and_input(d2, bgr, tmp_path):
     path = src
     if bgr:  # our own file that says its weights want Caffe's BGR 0..255 input
         model = create_model("se_resnet50", pretrained=src)
-        model.input_norm = dict(CAFFE_BGR)
+        model.info.input_norm = dict(CAFFE_BGR)
         path = save_weights(model, tmp_path / "bgr.pth")
     tv = build_faster_rcnn("se_resnet50", num_classes=80, weights=path, min_size=64, max_size=96).eval()
     cfg = _cfg(path)

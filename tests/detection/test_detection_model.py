@@ -36,7 +36,7 @@ def test_imagenet_weights_of_any_layout_feed_the_backbone(tmp_path, caplog):
     assert not any(p.requires_grad for p in body.stem.parameters())  # FREEZE_AT 2 by default
     assert not any(p.requires_grad for p in body.layer1.parameters())
     assert all(p.requires_grad for p in body.layer2.parameters())
-    assert det.input_norm == IMAGENET_RGB
+    assert det.info.input_norm == IMAGENET_RGB
     with caplog.at_level(logging.WARNING):
         build_faster_rcnn("resnet18", 3, min_size=96, max_size=128)
     assert "RANDOM initialisation" in caplog.text

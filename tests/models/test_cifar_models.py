@@ -3,19 +3,9 @@ import torch
 from torch import nn
 
 from se_transfer.models import baseline_of, create_model, list_models, model_defaults, save_weights
-from se_transfer.models.cifar import (
-    CifarBasicBlock,
-    CifarResNet,
-    PreActBottleneck,
-    ShakeBlock,
-    ShakeShake,
-    ShakeShakeFunction,
-    ShakeShortcut,
-    ShortcutA,
-    WideBasicBlock,
-    shake_shake,
-)
-from se_transfer.models.factory import model_entry
+from se_transfer.models.cifar import CifarBasicBlock, CifarResNet, PreActBottleneck, ShortcutA, WideBasicBlock
+from se_transfer.models.registry import model_entry
+from se_transfer.models.shake_shake import ShakeBlock, ShakeShake, ShakeShakeFunction, ShakeShortcut, shake_shake
 
 CIFAR_MODELS = [n for n in list_models() if model_entry(n).family == "cifar"]
 BASELINES = ["resnet20", "resnet110", "preact_resnet164", "wrn16_8", "shake_shake26_2x96d", "shake_even29_2x4x64d"]

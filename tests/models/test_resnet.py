@@ -5,7 +5,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from se_transfer.models import STAGE_NAMES, create_model, list_models
 from se_transfer.models.complexity import count_macs
-from se_transfer.models.weights import map_keys
+from se_transfer.models.layouts import map_keys
 
 timm = pytest.importorskip("timm")
 

@@ -6,8 +6,16 @@ import pytest
 import torch
 import torchvision
 
-from se_transfer.models import IMAGENET_RGB, WeightsError, create_model, normalize_input, save_detectron2, save_weights
-from se_transfer.models.weights import CAFFE_BGR, inspect_weights
+from se_transfer.models import (
+    CAFFE_BGR,
+    IMAGENET_RGB,
+    WeightsError,
+    create_model,
+    inspect_weights,
+    normalize_input,
+    save_detectron2,
+    save_weights,
+)
 from tests.helpers import randomize_batchnorm
 
 timm = pytest.importorskip("timm")
@@ -44,7 +52,7 @@ def test_logits_equal_the_source_model(lib, src, ours, tmp_path):
     with torch.no_grad():
         diff = (model(x) - ref(x)).abs().max().item()
     assert diff < 1e-4
-    assert model.input_norm == IMAGENET_RGB
+    assert model.info.input_norm == IMAGENET_RGB
 
 
 def test_flavour_is_read_from_the_layout(tmp_path):
@@ -77,7 +85,7 @@ def test_wrapped_and_safetensors_checkpoints(tmp_path):
 def test_our_format_round_trips_architecture_and_normalisation(tmp_path, suffix):
     model = create_model("se_resnet18", num_classes=10, se_variant="post", stride_in_1x1=False).eval()
     randomize_batchnorm(model)
-    model.input_norm = dict(CAFFE_BGR)
+    model.info.input_norm = dict(CAFFE_BGR)
     path = save_weights(model, tmp_path / f"w{suffix}")
     assert not list(tmp_path.glob(".*tmp*"))  # written through a temporary file, then renamed
     umask = os.umask(0)
@@ -85,7 +93,7 @@ def test_our_format_round_trips_architecture_and_normalisation(tmp_path, suffix)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any other output, whatever the writer's default
     loaded = create_model("se_resnet18", num_classes=10, pretrained=path).eval()
     assert loaded.layer1[0].se_variant == "post"
-    assert loaded.input_norm == CAFFE_BGR
+    assert loaded.info.input_norm == CAFFE_BGR
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import CfgNode, ConfigError
-from ..engine.runner import CheckpointContent, run_training, schedule_from_cfg
+from ..engine.runner import CheckpointContent, TrainingTask, run_training, schedule_from_cfg
 from ..models import create_model
 from ..models.info import model_info, normalize_input
 from ..models.registry import model_entry
@@ -64,22 +64,14 @@ def train_classifier(
 ) -> dict[str, Any]:
     """Train a classifier with cross-entropy on ``batches(start_iter)`` as cfg.SOLVER says (epochs or iterations),
     evaluating with ``eval_fn``; checkpoints carry the architecture, so model_final.pth rebuilds the model."""
-    max_iter, stop_iter, steps = schedule_from_cfg(cfg, iters_per_epoch)
-    _, results = run_training(
-        cfg,
-        model,
-        batches=batches,
-        loss_fn=cross_entropy_loss,
-        eval_fn=eval_fn,
-        device=device,
-        max_iter=max_iter,
-        stop_iter=stop_iter,
-        steps=steps,
-        iters_per_epoch=iters_per_epoch,
-        resume=resume,
+    task = TrainingTask(
+        batches,
+        cross_entropy_loss,
+        eval_fn,
         checkpoint=CheckpointContent(checkpoint_metadata(model), check_fit),
         is_head=is_classifier_head,
     )
+    _, results = run_training(cfg, model, task, schedule_from_cfg(cfg, iters_per_epoch), device, resume)
     return results
 
 

@@ -19,7 +19,7 @@ from ..data.transforms import DetectionTransform
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.distributed import synchronize
 from ..engine.events import progress
-from ..engine.runner import CheckpointContent, evaluate_only, run_training
+from ..engine.runner import CheckpointContent, Schedule, TrainingTask, evaluate_only, run_training
 from ..engine.summary import print_summary, summary_rows
 from ..models.weights import check_fit, checkpoint_metadata
 from .backbone import BACKBONE_META_KEY
@@ -181,23 +181,17 @@ def run(
         images, targets = batch
         return m(images, targets)
 
-    _, results = run_training(
-        cfg,
-        model,
-        batches=batches,
-        loss_fn=loss_fn,
-        eval_fn=lambda: evaluate(model, test_loader, evaluator, device),
-        device=device,
-        max_iter=cfg.SOLVER.MAX_ITER,
-        stop_iter=cfg.SOLVER.MAX_ITER,
-        steps=cfg.SOLVER.STEPS,
-        iters_per_epoch=ipe,
-        resume=resume,
+    task = TrainingTask(
+        batches,
+        loss_fn,
+        lambda: evaluate(model, test_loader, evaluator, device),
         # model_final.pth rebuilds the backbone the weights were trained as (eval-only, fine-tuning)
         checkpoint=CheckpointContent({BACKBONE_META_KEY: checkpoint_metadata(model.backbone.body)}, check_fit),
         # SOLVER.BACKBONE_LR_MULTIPLIER scales the ImageNet backbone; FPN, RPN and box head train at BASE_LR
         is_head=lambda name: not name.startswith("backbone.body."),
     )
+    schedule = Schedule(cfg.SOLVER.MAX_ITER, cfg.SOLVER.MAX_ITER, list(cfg.SOLVER.STEPS), ipe)
+    _, results = run_training(cfg, model, task, schedule, device, resume)
     _print_summary(cfg, test_set, results, paper, eval_only=False)
     return results
 

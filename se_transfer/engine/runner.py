@@ -32,29 +32,47 @@ class CheckpointContent:
     check_fit: Callable[..., None] | None = None
 
 
+@dataclass
+class TrainingTask:
+    """What a task hands the engine to train its model: ``batches(start_iter)`` (a resumable iterator of batches),
+    ``loss_fn(model, batch)`` (a dict of loss terms), ``eval_fn()`` (a dict of metrics), what its checkpoints carry
+    (``checkpoint``; default: nothing more, and tensor names and shapes compared on resume) and which parameters are
+    its head (``is_head(name)``: trained at SOLVER.BASE_LR while the rest takes SOLVER.BACKBONE_LR_MULTIPLIER
+    times it; default: every parameter)."""
+
+    batches: Callable[[int], Iterator[Any]]
+    loss_fn: LossFn
+    eval_fn: Callable[[], dict[str, float]]
+    checkpoint: CheckpointContent | None = None
+    is_head: Callable[[str], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run is, in iterations: its length ``max_iter`` (the LR schedule's), where it stops (``stop_iter``,
+    at most max_iter), the LR milestones ``steps``, and ``iters_per_epoch`` (for the log; 0: not epoch-based)."""
+
+    max_iter: int
+    stop_iter: int
+    steps: Sequence[int]
+    iters_per_epoch: int = 0
+
+
 def run_training(
     cfg: CfgNode,
     model: nn.Module,
-    batches: Callable[[int], Iterator[Any]],
-    loss_fn: LossFn,
-    eval_fn: Callable[[], dict[str, float]],
+    task: TrainingTask,
+    schedule: Schedule,
     device: torch.device,
-    max_iter: int,
-    stop_iter: int,
-    steps: Sequence[int],
-    iters_per_epoch: int = 0,
     resume: bool = False,
-    checkpoint: CheckpointContent | None = None,
-    is_head: Callable[[str], bool] | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
-    """Train ``model`` (wrapped by DDP / compile as ``wrap_for_training`` says) as cfg.SOLVER says; evaluate at the end.
-
-    ``checkpoint``: what every checkpoint stores beside the tensors and how a checkpoint is checked on resume (the
-    task's; default: nothing more, and tensor names and shapes compared). ``is_head(parameter name)``: the task's
-    head, trained at SOLVER.BASE_LR while the rest takes SOLVER.BACKBONE_LR_MULTIPLIER times it.
+    """Train ``model`` (wrapped by DDP / compile as ``wrap_for_training`` says) on ``task`` for ``schedule``, as
+    cfg.SOLVER says; evaluate at the end.
 
     Returns the trainer and the final results: the last evaluation plus train_time_s, iterations and plots.
     """
+    max_iter, stop_iter, steps = schedule.max_iter, schedule.stop_iter, schedule.steps
+    checkpoint, is_head = task.checkpoint, task.is_head
     s = cfg.SOLVER
     _check_milestones(cfg, steps, max_iter)
     optimizer = build_optimizer(
@@ -72,8 +90,8 @@ def run_training(
     trainer = Trainer(
         wrap_for_training(cfg, model, device),
         optimizer,
-        batches=batches,
-        loss_fn=loss_fn,
+        batches=task.batches,
+        loss_fn=task.loss_fn,
         max_iter=max_iter,
         stop_iter=stop_iter,
         amp=s.AMP,
@@ -93,9 +111,9 @@ def run_training(
     trainer.register_hooks(
         [
             LRSchedulerHook(scheduler),
-            LoggingHook(cfg.LOG_PERIOD, writer, iters_per_epoch, ims_per_batch=s.IMS_PER_BATCH),
+            LoggingHook(cfg.LOG_PERIOD, writer, schedule.iters_per_epoch, ims_per_batch=s.IMS_PER_BATCH),
             CheckpointHook(checkpointer, s.CHECKPOINT_PERIOD),
-            EvalHook(cfg.TEST.EVAL_PERIOD, eval_fn, writer),
+            EvalHook(cfg.TEST.EVAL_PERIOD, task.eval_fn, writer),
         ]
     )
     t0 = time.perf_counter()
@@ -188,8 +206,8 @@ def wrap_for_training(cfg: CfgNode, model: nn.Module, device: torch.device) -> n
     return train_model
 
 
-def schedule_from_cfg(cfg: CfgNode, iters_per_epoch: int) -> tuple[int, int, list[int]]:
-    """(schedule length, iteration to stop at, LR milestones in iterations) from SOLVER.EPOCHS / MAX_ITER / STEPS."""
+def schedule_from_cfg(cfg: CfgNode, iters_per_epoch: int) -> Schedule:
+    """The run's :class:`Schedule` from SOLVER.EPOCHS (with ``iters_per_epoch``) or SOLVER.MAX_ITER, and STEPS."""
     s = cfg.SOLVER
     if s.EPOCHS > 0:
         max_iter = s.EPOCHS * iters_per_epoch
@@ -200,4 +218,4 @@ def schedule_from_cfg(cfg: CfgNode, iters_per_epoch: int) -> tuple[int, int, lis
         steps = [int(x) for x in s.STEPS]
     else:
         raise ValueError("set SOLVER.EPOCHS or SOLVER.MAX_ITER to a positive number")
-    return max_iter, stop, steps
+    return Schedule(max_iter, stop, steps, iters_per_epoch)

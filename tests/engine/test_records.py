@@ -11,7 +11,7 @@ from torch import nn
 
 from se_transfer.config import get_cfg
 from se_transfer.engine.events import MetricsWriter, plot_metrics, read_metrics, setup_logger
-from se_transfer.engine.runner import run_training
+from se_transfer.engine.runner import Schedule, TrainingTask, run_training
 from se_transfer.engine.summary import format_duration, print_summary, summary_rows
 from se_transfer.engine.trainer import LoggingHook, LRSchedulerHook, Trainer
 
@@ -126,9 +126,8 @@ def _run(cfg, evals):
         evals.append(1)
         return {"top1": 50.0 + 10 * len(evals), "top5": 90.0 + len(evals)}
 
-    return run_training(
-        cfg, model, _Data().batches, _loss, evaluate, torch.device("cpu"), max_iter=8, stop_iter=8, steps=[4, 8, 12],
-    )  # fmt: skip
+    task = TrainingTask(_Data().batches, _loss, evaluate)
+    return run_training(cfg, model, task, Schedule(max_iter=8, stop_iter=8, steps=[4, 8, 12]), torch.device("cpu"))
 
 
 def test_run_training_warns_of_milestones_past_the_end_and_plots_every_loss(tmp_path, caplog):

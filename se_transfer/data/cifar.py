@@ -330,8 +330,8 @@ class CifarLoader:
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device, torch.int64)
-        self.local_batch_size = batch_size
-        self.batch_size = batch_size * world_size  # the global batch: what one step of all ranks together sees
+        self.batch_size = batch_size  # per rank, as the argument
+        self.global_batch_size = batch_size * world_size  # what one step of all ranks together sees
         self.train = train
         self.seed = seed
         self.cutout = inputs.cutout
@@ -355,8 +355,8 @@ class CifarLoader:
         """Number of batches per epoch (the same on every rank)."""
         n = self.num_samples
         if self.train and self.drop_last:
-            return n // self.batch_size
-        return math.ceil(n / self.batch_size)
+            return n // self.global_batch_size
+        return math.ceil(n / self.global_batch_size)
 
     def _local(self, count: int) -> slice:
         """This rank's part of a global batch of ``count`` items."""
@@ -388,8 +388,8 @@ class CifarLoader:
         crop = crop.to(self.device)
         erase = erase.to(self.device) if erase is not None else None
         for b in range(start_batch, num_batches):
-            lo = b * self.batch_size
-            hi = min(lo + self.batch_size, n)
+            lo = b * self.global_batch_size
+            hi = min(lo + self.global_batch_size, n)
             local = self._local(hi - lo)
             positions = slice(lo + local.start, lo + local.stop)
             idx = order[positions]
@@ -402,8 +402,8 @@ class CifarLoader:
     def _eval_iter(self, start_batch: int, num_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.num_samples
         for b in range(start_batch, num_batches):
-            lo = b * self.batch_size
-            hi = min(lo + self.batch_size, n)
+            lo = b * self.global_batch_size
+            hi = min(lo + self.global_batch_size, n)
             idx = torch.arange(lo + self.rank, hi, self.world_size, device=self.device)
             x = normalize(
                 self.images[idx], self._mean_t, self._std_t, channels_last=self.channels_last, dtype=self.dtype

@@ -56,7 +56,7 @@ class FastSEModule(SEModule):
         return self._native.get((w1, b1, w2, b2), build)
 
     def residual_sum(self, u: torch.Tensor, shortcut: torch.Tensor, relu: bool = True) -> torch.Tensor:
-        if choose(self.impl, u, RESIDUAL, self.avg_squeeze, self.extra_repr()) == TRITON:
+        if choose(self.impl, u, RESIDUAL, self.avg_squeeze, self.extra_repr) == TRITON:
             from ..ops.fused_se import se_scale_residual
 
             fc1, fc2 = self.fc1, self.fc2

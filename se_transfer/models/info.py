@@ -55,11 +55,6 @@ class ModelInfo:
     input_norm: dict[str, Any] = field(default_factory=lambda: dict(IMAGENET_RGB))
     source: WeightsSource | None = None  # None: randomly initialised
 
-    @property
-    def name(self) -> str:
-        """The registered name, or 'the model' when there is none (for messages)."""
-        return self.arch or "the model"
-
 
 def model_info(model: torch.nn.Module) -> ModelInfo:
     """``model.info``; a model of another library gets an empty one (ImageNet RGB input, no name, no source)."""

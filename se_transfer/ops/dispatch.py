@@ -19,6 +19,8 @@ native call's output as an unfilled tensor).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 SE_IMPLS = ("auto", "eager", "triton")
@@ -49,32 +51,33 @@ def inference_shortcuts(impl: str) -> bool:
     )
 
 
-def choose(impl: str, x: torch.Tensor, op: str, avg_squeeze: bool, block: str = "") -> str:
+def choose(impl: str, x: torch.Tensor, op: str, avg_squeeze: bool, describe: Callable[[], str] | None = None) -> str:
     """The path that computes ``op`` (RESIDUAL, EXCITATION or PRODUCER) of an SE block on input ``x``.
 
     ``avg_squeeze``: whether the block is the paper's average-squeeze SE (the fused and native paths need it);
-    ``block`` describes the block in the error raised when ``impl='triton'`` cannot be honoured.
+    ``describe()`` names the block in the error raised when ``impl='triton'`` cannot be honoured (called only then).
     Returns TRITON or EAGER for RESIDUAL, NATIVE or EAGER for EXCITATION, FOLD or EAGER for PRODUCER.
     """
     if impl == "eager":
         return EAGER
     if op == RESIDUAL:
-        return TRITON if _triton(impl, x, avg_squeeze and x.dim() == 4, block) else EAGER
+        return TRITON if _triton(impl, x, avg_squeeze and x.dim() == 4, describe) else EAGER
     if not avg_squeeze or not inference_shortcuts(impl):
         return EAGER
     if op == EXCITATION:
         return NATIVE if x.dtype == torch.float32 and x.is_cpu else EAGER
     # the producer fold, where the fused kernels (scale + sum + relu in one pass) do not run
-    return EAGER if x.is_cuda and _triton(impl, x, True, block) else FOLD
+    return EAGER if x.is_cuda and _triton(impl, x, True, describe) else FOLD
 
 
-def _triton(impl: str, u: torch.Tensor, supported: bool, block: str) -> bool:
+def _triton(impl: str, u: torch.Tensor, supported: bool, describe: Callable[[], str] | None) -> bool:
     if impl == "auto" and not u.is_cuda:
         return False
     from . import fused_se
 
     if impl == "triton":
         if not supported:
+            block = describe() if describe is not None else "?"
             raise RuntimeError(f"se_impl='triton' supports the average squeeze only (this block: {block})")
         if not fused_se.can_run(u):
             raise RuntimeError(

@@ -43,6 +43,8 @@ setup(
             "se-benchmark-cifar=se_transfer.cli:benchmark_cifar_main",
             "se-benchmark-places-input=se_transfer.cli:benchmark_places_main",
             "se-fault-inject=se_transfer.cli:fault_inject_main",
+            "se-analyze-excitation=se_transfer.cli:analyze_excitation_main",
+            "se-ablate=se_transfer.cli:ablate_se_main",
         ]
     },
 )

@@ -21,7 +21,7 @@ from ..engine.events import progress
 from ..engine.runner import evaluate_only
 from ..engine.summary import print_summary, summary_rows
 from .metrics import accuracy_results, accuracy_rows, topk_hits
-from .model import build_classifier, check_trained_head, train_classifier
+from .model import EvalSetup, build_classifier, check_trained_head, train_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ PAPER_ERRORS = {
 }
 
 
-def load_data(cfg: CfgNode) -> tuple[CifarData, CifarData]:
-    """The train and test sets of DATA.DATASET under DATA.ROOT (generated first if DATA.GENERATE_DEMO)."""
+def load_data(cfg: CfgNode, splits: tuple[str, ...] = ("train", "test")) -> tuple[CifarData, ...]:
+    """The ``splits`` of DATA.DATASET under DATA.ROOT (generated first if DATA.GENERATE_DEMO)."""
     root = Path(cfg.DATA.ROOT)
     if cfg.DATA.GENERATE_DEMO and is_main_process():
         folder = root / ("cifar-10-batches-py" if cfg.DATA.DATASET == "cifar10" else "cifar-100-python")
@@ -56,7 +56,7 @@ def load_data(cfg: CfgNode) -> tuple[CifarData, CifarData]:
             write_fake_cifar(root, cfg.DATA.DATASET, seed=cfg.SEED)
     synchronize()
     with config_key("DATA.ROOT", root):
-        return load_cifar(root, cfg.DATA.DATASET, "train"), load_cifar(root, cfg.DATA.DATASET, "test")
+        return tuple(load_cifar(root, cfg.DATA.DATASET, split) for split in splits)
 
 
 def _loader(cfg: CfgNode, data: CifarData, train: bool, device: torch.device) -> CifarLoader:
@@ -121,6 +121,19 @@ def run(
     )
     _print_summary(cfg, results, eval_only=False)
     return results
+
+
+def eval_setup(cfg: CfgNode, device: torch.device) -> EvalSetup:
+    """The trained model of MODEL.WEIGHTS and this rank's share of the test split (after ``default_setup``)."""
+    (test_set,) = load_data(cfg, ("test",))
+    with config_key("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
+        model = build_classifier(cfg, test_set.num_classes).to(device)
+    check_trained_head(cfg, model)
+    if cfg.MODEL.CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
+    loader = _loader(cfg, test_set, False, device)
+    batches = lambda: loader.epoch_iter(0)  # noqa: E731
+    return EvalSetup(model.eval(), batches, len(loader), loader.batch_size, test_set.classes, amp_dtype(cfg.SOLVER.AMP))
 
 
 def _print_summary(cfg: CfgNode, results: dict[str, Any], eval_only: bool) -> None:

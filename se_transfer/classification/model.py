@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -17,6 +17,17 @@ from ..models.registry import model_entry
 from ..models.weights import check_fit, checkpoint_metadata
 
 logger = logging.getLogger(__name__)
+
+
+class EvalSetup(NamedTuple):
+    """A trained classifier and the evaluation split, for the tools that read one (``se_transfer.analysis``)."""
+
+    model: nn.Module  # in eval mode, on the device, taking the loader's images
+    batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # this rank's (images, labels), on the device
+    num_batches: int  # of this rank
+    batch_size: int  # of this rank
+    classes: list[str]
+    amp: torch.dtype | None  # the autocast dtype evaluation runs in
 
 
 def build_classifier(cfg: CfgNode, num_classes: int) -> nn.Module:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import CfgNode, config_key
+from ..config import CfgNode, ConfigError, config_key
 from ..data.build import build_classification_loader, per_rank_batch, resumable_batches
 from ..data.demo import write_fake_places365
 from ..data.places365 import Places365
@@ -26,7 +26,13 @@ from ..engine.runner import evaluate_only
 from ..engine.summary import print_summary, summary_rows
 from ..io import atomic_write_text
 from .metrics import accuracy_results, accuracy_rows
-from .model import attach_input_normalization, build_classifier, check_trained_head, train_classifier
+from .model import (
+    EvalSetup,
+    attach_input_normalization,
+    build_classifier,
+    check_trained_head,
+    train_classifier,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +221,26 @@ def run(
     if is_main_process():
         _print_summary(cfg, results, paper, eval_only=False)
     return results
+
+
+def eval_setup(cfg: CfgNode, device: torch.device) -> EvalSetup:
+    """The trained model of MODEL.WEIGHTS and this rank's share of the single-crop validation split (after
+    ``default_setup``)."""
+    if cfg.TEST.TEN_CROP:
+        raise ConfigError("TEST.TEN_CROP: this tool reads one centre crop per image; set TEST.TEN_CROP False")
+    val_set = _datasets(cfg, train=False)
+    with config_key("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
+        model = attach_input_normalization(build_classifier(cfg, len(val_set.classes))).to(device)
+    check_trained_head(cfg, model)
+    if cfg.MODEL.CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
+    loader = _eval_loader(cfg, val_set)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, _ in loader:
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    return EvalSetup(model.eval(), batches, len(loader), loader.batch_sampler.batch_size, val_set.classes, None)
 
 
 def _print_summary(cfg: CfgNode, results: dict[str, Any], paper: tuple[float, float] | None, eval_only: bool) -> None:

@@ -3,6 +3,7 @@
 Every parser is built without importing torch (``--help`` is instant) and every expected failure ends in one
 ``error: ...`` line with exit status 2 (``errors``). Shared option names live in ``args``."""
 
+from .analysis import ablate_se_main, analyze_excitation_main
 from .errors import (
     ERROR_DIR_ENV,
     UsageError,
@@ -30,6 +31,8 @@ from .tools import (
 from .train import claim_run_folder, compare_main, launch_run, parse_train_args, train_argument_parser, train_main
 
 __all__ = [
+    "ablate_se_main",
+    "analyze_excitation_main",
     "ERROR_DIR_ENV",
     "PAPER_GFLOPS",
     "TABLE2_MODELS",

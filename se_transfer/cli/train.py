@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +49,8 @@ def parse_train_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
     """Parse detectron2-style arguments with the options allowed anywhere, also after the KEY VALUE pairs.
 
     argparse hands everything after the first KEY to the trailing ``opts`` (REMAINDER), so ``... SOLVER.MAX_ITER 10
-    --eval-only`` would become an override; options are moved in front of the pairs first."""
+    --eval-only`` would become an override; options are taken out of the pairs first. An option of several values
+    (``--blocks A B``) takes the tokens up to the next option or config KEY (``MODEL.WEIGHTS``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     actions = parser._option_string_actions
     options: list[str] = []
@@ -62,23 +64,39 @@ def parse_train_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
             rest.append(token)
             i += 1
             continue
-        takes = 0 if action.nargs == 0 or "=" in token else 1
+        if action.nargs in ("+", "*") and "=" not in token:
+            takes = 0
+            while i + 1 + takes < len(argv) and not _option_or_key(argv[i + 1 + takes]):
+                takes += 1
+        else:
+            takes = 0 if action.nargs == 0 or "=" in token else 1
         options += argv[i : i + 1 + takes]
         i += 1 + takes
-    return parser.parse_args(options + rest)
+    if rest[:1] and rest[0].startswith("-"):  # an unknown option: argparse says so
+        return parser.parse_args(options + rest)
+    args = parser.parse_args(options)
+    args.opts = rest
+    return args
 
 
-def _train_worker(cfg, eval_only: bool, resume: bool, allow_config_change: bool = False) -> None:
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def _option_or_key(token: str) -> bool:
+    return (token.startswith("-") and not token[1:2].isdigit()) or bool(_CONFIG_KEY.match(token))
+
+
+def _worker(job, *job_args) -> None:  # noqa: ANN001 - a picklable module-level function
     from ..engine.distributed import get_rank, get_world_size
 
-    if get_world_size() == 1:  # one process: train_main reports what it raises
-        _run_task(cfg, eval_only, resume, allow_config_change)
+    if get_world_size() == 1:  # one process: launch_run reports what it raises
+        job(*job_args)
         return
     try:
-        _run_task(cfg, eval_only, resume, allow_config_change)
+        job(*job_args)
     except expected_errors() as e:
         report_error(e, get_rank())
-        sys.exit(2)  # the launcher ends the other processes and train_main returns 2
+        sys.exit(2)  # the launcher ends the other processes and launch_run returns 2
 
 
 def _run_task(cfg, eval_only: bool, resume: bool, allow_config_change: bool) -> None:
@@ -102,22 +120,25 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return launch_run(cfg, args)
 
 
-def launch_run(cfg, args: argparse.Namespace) -> int:
+def launch_run(cfg, args: argparse.Namespace, job=None, job_args: tuple = ()) -> int:  # noqa: ANN001
     """One run of ``cfg`` as the command line says (processes, resume, eval-only), holding its OUTPUT_DIR; 0, or 2
-    after one ``error:`` line for an expected failure in this process or a worker."""
+    after one ``error:`` line for an expected failure in this process or a worker. Each process runs the config's
+    task, or ``job(*job_args)`` (a module-level function) when given."""
     from ..engine import launch
 
+    if job is None:
+        job, job_args = _run_task, (cfg, args.eval_only, args.resume, args.allow_config_change)
     device_type = "cpu" if cfg.MODEL.DEVICE == "cpu" else ("cuda" if _cuda_available() else "cpu")
     try:
         with claim_run_folder(cfg.OUTPUT_DIR, args), collect_worker_errors():
             launch(
-                _train_worker,
+                _worker,
                 args.num_gpus,
                 num_machines=args.num_machines,
                 machine_rank=args.machine_rank,
                 dist_url=args.dist_url,
                 device_type=device_type,
-                args=(cfg, args.eval_only, args.resume, args.allow_config_change),
+                args=(job, *job_args),
             )
     except expected_errors() as e:
         report_error(e)

@@ -62,7 +62,7 @@ class _ResidualBlock(nn.Module):
             x = self.se(x)
         out = self.residual(x)
         if variant == "standard":
-            return self.se.residual_sum(out, shortcut, relu=True)
+            return self.se(out, shortcut)
         if variant == "identity":
             shortcut = self.se(shortcut)
         out = self.relu(out + shortcut)

@@ -141,7 +141,7 @@ class CifarBasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.se is not None:
-            return self.se.residual_sum(out, shortcut, relu=True)
+            return self.se(out, shortcut)
         return self.relu(out + shortcut)
 
 
@@ -221,7 +221,7 @@ class PreActBottleneck(nn.Module):
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.relu(self.bn3(out)))
         if self.se is not None:
-            return self.se.residual_sum(out, shortcut, relu=False)
+            return self.se(out, shortcut, False)
         return out + shortcut
 
 
@@ -294,7 +294,7 @@ class WideBasicBlock(nn.Module):
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         out = self.conv2(out)
         if self.se is not None:
-            return self.se.residual_sum(out, shortcut, relu=False)
+            return self.se(out, shortcut, False)
         return out + shortcut
 
 

@@ -92,7 +92,7 @@ class FastBottleneck(Bottleneck):
         # the gate comes from the input h of conv3, so U is written once and read once (by the scale + sum)
         shortcut = self.shortcut(x)
         h = self.residual_head(x)
-        return torch.addcmul(shortcut, self.bn3(self.conv3(h)), producer_fold.excitation(fold, h)).relu_()
+        return se(self.bn3(self.conv3(h)), shortcut, True, producer_fold.excitation(fold, h))
 
 
 def set_se_impl(model: nn.Module, impl: str) -> nn.Module:

@@ -81,15 +81,35 @@ class SEModule(nn.Module):
             s = F.linear(h, self.fc2.weight.flatten(1), self.fc2.bias)[:, :, None, None]
         return apply_gate(s, self.gate_type)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rescale x channel-wise by its excitation."""
-        return x * self.excitation(x)
+    def forward(
+        self,
+        x: torch.Tensor,
+        shortcut: torch.Tensor | None = None,
+        relu: bool = True,
+        excitation: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x * s``: x rescaled channel-wise by its excitation s; with ``shortcut``, the SE block with its residual
+        sum, ``act(shortcut + x * s)`` (act: ReLU if ``relu``, else identity; see :meth:`residual_sum`).
+
+        Every residual unit calls its SE block through here, so forward hooks on an ``SEModule`` see every call
+        whatever computes it (``se_transfer.analysis`` reads the gates that way). ``excitation``: s, when the caller
+        computed it already (the producer fold of ``se_transfer.models.fast_se`` does, from the layer before).
+        """
+        if shortcut is None:
+            return x * (self.excitation(x) if excitation is None else excitation)
+        if excitation is None:
+            return self.residual_sum(x, shortcut, relu)
+        return _scaled_sum(shortcut, x, excitation, relu)
 
     def residual_sum(self, u: torch.Tensor, shortcut: torch.Tensor, relu: bool = True) -> torch.Tensor:
         """``act(shortcut + u * excitation(u))`` with act ReLU or identity: the SE block with its residual sum (the
         paper's Fig. 3). The scale is fused with the sum (``addcmul``, the official release's Caffe Axpy layer)."""
-        out = torch.addcmul(shortcut, u, self.excitation(u))
-        return out.relu_() if relu else out
+        return _scaled_sum(shortcut, u, self.excitation(u), relu)
 
     def extra_repr(self) -> str:
         return f"squeeze={'none' if self.no_squeeze else self.squeeze}, gate={self.gate_type}"
+
+
+def _scaled_sum(shortcut: torch.Tensor, u: torch.Tensor, s: torch.Tensor, relu: bool) -> torch.Tensor:
+    out = torch.addcmul(shortcut, u, s)
+    return out.relu_() if relu else out

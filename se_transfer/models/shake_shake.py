@@ -159,7 +159,7 @@ class ShakeBlock(nn.Module):
             self.branch1(x), self.branch2(x), self.training, self.shake_forward, self.shake_backward, self.shake_level
         )
         if self.se is not None:
-            return self.se.residual_sum(out, shortcut, relu=False)
+            return self.se(out, shortcut, False)
         return out + shortcut
 
 

@@ -1,0 +1,190 @@
+"""The jobs of tools/analyze_excitation.py and tools/ablate_se.py: each process of a launch runs one over its share
+of a trained classifier's evaluation split (CIFAR test set, Places365 val), and rank 0 writes and prints."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..classification.metrics import accuracy_results, topk_hits
+from ..classification.model import EvalSetup
+from ..config import CfgNode, ConfigError
+from ..engine import default_setup, get_rank, get_world_size, is_main_process
+from ..engine.amp import autocast
+from ..engine.distributed import all_reduce_sum
+from ..engine.events import format_table, progress
+from ..io import atomic_write_text
+from ..tasks import TASK_REGISTRY, task_name
+from .excitation import ExcitationRecorder, ExcitationStats, pick_blocks, se_blocks, se_switched_off
+from .report import stage_table, write_report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """What tools/analyze_excitation.py was asked for (see its --help)."""
+
+    blocks: tuple[str, ...] = ()  # blocks to plot (default: the paper's choice, see pick_blocks)
+    classes: tuple[str, ...] = ()  # classes to plot, by name or index (default: the 4 with most images)
+    max_images: int = 0  # 0: the whole split
+
+
+def eval_setup(cfg: CfgNode) -> tuple[CfgNode, EvalSetup]:
+    """``default_setup`` (logging into OUTPUT_DIR), then the task's trained model and evaluation batches."""
+    cfg, device = default_setup(cfg)
+    name = task_name(cfg)
+    if name == "coco":
+        raise ConfigError("TASK detection: the SE analysis tools read a classifier (a CIFAR or Places365 config)")
+    setup = importlib.import_module(TASK_REGISTRY.get(name)).eval_setup(cfg, device)
+    return cfg, setup
+
+
+def _share(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_images: int):  # noqa: ANN202 - a generator
+    """This rank's batches, cut so that all ranks together read at most ``max_images`` (0: all)."""
+    world, rank = get_world_size(), get_rank()
+    limit = max_images // world + (rank < max_images % world) if max_images else math.inf
+    seen = 0
+    for images, labels in batches:
+        if seen >= limit:
+            return
+        take = int(min(len(labels), limit - seen))
+        seen += take
+        yield images[:take], labels[:take]
+
+
+@torch.no_grad()
+def evaluate(
+    setup: EvalSetup,
+    max_images: int = 0,
+    desc: str = "evaluating",
+    after_forward: Callable[[torch.Tensor], None] | None = None,
+) -> dict[str, float]:
+    """Top-1/top-5 of ``setup.model`` over the split (at most ``max_images``), summed over processes; calls
+    ``after_forward(labels)`` after each batch's forward."""
+    counts = None
+    total = setup.num_batches
+    if max_images:
+        total = min(total, math.ceil(math.ceil(max_images / get_world_size()) / setup.batch_size))
+    for images, labels in progress(_share(setup.batches(), max_images), total=total, desc=desc):
+        with autocast(images.device.type, setup.amp):
+            logits = setup.model(images)
+        if after_forward is not None:
+            after_forward(labels)
+        hit1, hit5 = topk_hits(logits, labels)
+        batch = torch.stack([hit1.sum(), hit5.sum(), torch.tensor(len(labels), device=hit1.device)]).double()
+        counts = batch if counts is None else counts + batch
+    if counts is None:
+        counts = torch.zeros(3, dtype=torch.float64, device=_device(setup))
+    top1, top5, n = (float(c) for c in all_reduce_sum(counts))
+    if n == 0:
+        raise ValueError("the evaluation split holds no images")
+    return accuracy_results(top1, top5, int(n))
+
+
+def _device(setup: EvalSetup) -> torch.device:
+    return next(setup.model.parameters()).device
+
+
+def pick_classes(names: Sequence[str], wanted: Sequence[str], counts: torch.Tensor, default: int = 4) -> list[int]:
+    """Class indices for the plots: ``wanted`` (a name, its last path part such as 'airfield' for '/a/airfield',
+    or an index), or the ``default`` classes with the most images (ties: lower index), in index order."""
+    if not wanted:
+        order = sorted(range(len(names)), key=lambda k: (-float(counts[k]), k))
+        return sorted(k for k in order[:default] if counts[k] > 0)
+    short = {}
+    for k, n in enumerate(names):
+        short.setdefault(n.strip("/").split("/", 1)[-1] if n.startswith("/") else n, k)
+    picked = []
+    for w in wanted:
+        if w in names:
+            picked.append(names.index(w))
+        elif w in short:
+            picked.append(short[w])
+        elif w.isdigit() and int(w) < len(names):
+            picked.append(int(w))
+        else:
+            some = ", ".join(names[:5])
+            raise ValueError(f"--classes {w!r}: no such class (a name such as {some}, ... or 0..{len(names) - 1})")
+    return list(dict.fromkeys(picked))
+
+
+def analyze_excitation(cfg: CfgNode, options: AnalysisOptions) -> dict[str, Any]:
+    """Collect every SE block's gates over the split, then (rank 0) write the report and print the stage table."""
+    cfg, setup = eval_setup(cfg)
+    blocks = se_blocks(setup.model)
+    plot_blocks = pick_blocks(blocks, options.blocks)
+    if options.classes:  # checked before the pass, not after it
+        pick_classes(setup.classes, options.classes, torch.ones(len(setup.classes)))
+    stats = ExcitationStats(blocks, len(setup.classes), _device(setup))
+    with ExcitationRecorder(setup.model) as recorder:
+        accuracy = evaluate(setup, options.max_images, "excitations", lambda labels: stats.add(recorder.pop(), labels))
+    stats.all_reduce()
+    if not is_main_process():
+        return {}
+    plot_classes = pick_classes(setup.classes, options.classes, stats.counts)
+    run = {"model": cfg.MODEL.ARCH, "weights": cfg.MODEL.WEIGHTS, "dataset": cfg.DATA.DATASET, **accuracy}
+    out = Path(cfg.OUTPUT_DIR)
+    paths = write_report(stats, out, setup.classes, plot_blocks, plot_classes, run)
+    print(f"\nExcitations of {cfg.MODEL.ARCH} ({len(blocks)} SE blocks) over {stats.num_images} images of "
+          f"{cfg.DATA.DATASET} (top-1 {accuracy['top1']:.2f}%):")  # fmt: skip
+    print(stage_table(stats))
+    print("class spread: std over classes of the class-mean gate (0 = class-agnostic); within-class std: over the "
+          "images of a class; averaged over channels and blocks")  # fmt: skip
+    more = ", ..." if len(paths) > 4 else ""
+    print(f"wrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths[:4]) + more)
+    return {"accuracy": accuracy, "files": [str(p) for p in paths]}
+
+
+def parse_stage_sets(values: Sequence[str]) -> list[tuple[int, ...]]:
+    """'5' -> (5,), '4,5' -> (4, 5): the --off settings of tools/ablate_se.py."""
+    sets = []
+    for v in values:
+        try:
+            stages = tuple(sorted({int(s) for s in v.split(",") if s.strip()}))
+        except ValueError:
+            raise ValueError(f"--off {v!r}: expected stage numbers such as 5 or 4,5") from None
+        if not stages:
+            raise ValueError(f"--off {v!r}: expected stage numbers such as 5 or 4,5")
+        sets.append(stages)
+    return sets
+
+
+def ablate_se(cfg: CfgNode, off: Sequence[tuple[int, ...]], max_images: int = 0) -> dict[str, Any]:
+    """Accuracy with every SE block, then with the SE blocks of each stage set in ``off`` switched off (gate = 1);
+    default: each stage alone, then all of them. Rank 0 prints the table and writes ablation.json."""
+    cfg, setup = eval_setup(cfg)
+    stages = sorted({b.stage for b in se_blocks(setup.model).values()})
+    settings = list(off) or [(s,) for s in stages] + ([tuple(stages)] if len(stages) > 1 else [])
+    for s in settings:  # every setting is checked before the first pass
+        with se_switched_off(setup.model, s):
+            pass
+    rows = [{"off": [], "blocks_off": [], **evaluate(setup, max_images, "all SE on")}]
+    for s in settings:
+        label = "SE off in stage " + ",".join(map(str, s))
+        with se_switched_off(setup.model, s) as names:
+            rows.append({"off": list(s), "blocks_off": names, **evaluate(setup, max_images, label)})
+    if not is_main_process():
+        return {}
+    base = rows[0]
+    cells = []
+    for r in rows:
+        name = "none (all SE on)" if not r["off"] else "stage " + ", ".join(map(str, r["off"]))
+        r["delta_top1"], r["delta_top5"] = r["top1"] - base["top1"], r["top5"] - base["top5"]
+        cells.append([name, str(len(r["blocks_off"])), f"{r['top1']:.2f}", f"{r['top5']:.2f}",
+                      f"{r['delta_top1']:+.2f}", f"{r['delta_top5']:+.2f}"])  # fmt: skip
+    print(f"\n{cfg.MODEL.ARCH} on {cfg.DATA.DATASET} ({base['num_images']} images): SE blocks switched off (gate = 1)")
+    print(format_table(["SE off in", "blocks", "top-1 (%)", "top-5 (%)", "change top-1", "change top-5"], cells,
+                       align="lrrrrr"))  # fmt: skip
+    doc = {"model": cfg.MODEL.ARCH, "weights": cfg.MODEL.WEIGHTS, "dataset": cfg.DATA.DATASET, "rows": rows}
+    path = atomic_write_text(Path(cfg.OUTPUT_DIR) / "ablation.json", json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}")
+    return doc

@@ -59,6 +59,7 @@ RULES = [
     Rule(r"^pip install torch torchvision --index-url", skip="needs the PyTorch package index (no network in CI)"),
     Rule(r"^python -m pytest -q tests$", skip="the test command: .ci/run runs it before this check"),
     Rule(r"^python tools/train_net\.py --config-file configs/quick/cifar10_demo\.yaml( --fresh)?$"),  # in full
+    Rule(r"^python tools/(analyze_excitation|ablate_se)\.py --config-file configs/quick/cifar10_demo\.yaml"),  # in full
     Rule(r"configs/quick/coco_demo\.yaml", append=("SOLVER.MAX_ITER", "12", "SOLVER.STEPS", "(10,)")),
     Rule(r"configs/quick/places365_demo\.yaml", append=("SOLVER.EPOCHS", "0", "SOLVER.MAX_ITER", "4")),
     Rule(r"^python tools/visualize_coco\.py"),

@@ -36,11 +36,17 @@ class AnalysisOptions:
     blocks: tuple[str, ...] = ()  # blocks to plot (default: the paper's choice, see pick_blocks)
     classes: tuple[str, ...] = ()  # classes to plot, by name or index (default: the 4 with most images)
     max_images: int = 0  # 0: the whole split
+    image_folder: str = ""  # read this folder (one sub-folder per class) instead of the config's split
 
 
-def eval_setup(cfg: CfgNode) -> tuple[CfgNode, EvalSetup]:
-    """``default_setup`` (logging into OUTPUT_DIR), then the task's trained model and evaluation batches."""
+def eval_setup(cfg: CfgNode, image_folder: str = "") -> tuple[CfgNode, EvalSetup]:
+    """``default_setup`` (logging into OUTPUT_DIR), then the trained model and the evaluation batches: the task's
+    split, or the images of ``image_folder`` (``se_transfer.classification.imagefolder``)."""
     cfg, device = default_setup(cfg)
+    if image_folder:
+        from ..classification.imagefolder import eval_setup as folder_setup
+
+        return cfg, folder_setup(cfg, device, image_folder)
     name = task_name(cfg)
     if name == "coco":
         raise ConfigError("TASK detection: the SE analysis tools read a classifier (a CIFAR or Places365 config)")
@@ -68,7 +74,8 @@ def evaluate(
     desc: str = "evaluating",
     after_forward: Callable[[torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
-    """Top-1/top-5 of ``setup.model`` over the split (at most ``max_images``), summed over processes; calls
+    """Top-1/top-5 of ``setup.model`` over the split (at most ``max_images``), summed over processes (only the
+    number of images when the labels are not the model's classes: ``setup.scored``); calls
     ``after_forward(labels)`` after each batch's forward."""
     counts = None
     total = setup.num_batches
@@ -87,7 +94,7 @@ def evaluate(
     top1, top5, n = (float(c) for c in all_reduce_sum(counts))
     if n == 0:
         raise ValueError("the evaluation split holds no images")
-    return accuracy_results(top1, top5, int(n))
+    return accuracy_results(top1, top5, int(n)) if setup.scored else {"num_images": int(n)}
 
 
 def _device(setup: EvalSetup) -> torch.device:
@@ -119,7 +126,7 @@ def pick_classes(names: Sequence[str], wanted: Sequence[str], counts: torch.Tens
 
 def analyze_excitation(cfg: CfgNode, options: AnalysisOptions) -> dict[str, Any]:
     """Collect every SE block's gates over the split, then (rank 0) write the report and print the stage table."""
-    cfg, setup = eval_setup(cfg)
+    cfg, setup = eval_setup(cfg, options.image_folder)
     blocks = se_blocks(setup.model)
     plot_blocks = pick_blocks(blocks, options.blocks)
     if options.classes:  # checked before the pass, not after it
@@ -131,11 +138,13 @@ def analyze_excitation(cfg: CfgNode, options: AnalysisOptions) -> dict[str, Any]
     if not is_main_process():
         return {}
     plot_classes = pick_classes(setup.classes, options.classes, stats.counts)
-    run = {"model": cfg.MODEL.ARCH, "weights": cfg.MODEL.WEIGHTS, "dataset": cfg.DATA.DATASET, **accuracy}
+    data = _data_name(cfg, options.image_folder)
+    run = {"model": cfg.MODEL.ARCH, "weights": cfg.MODEL.WEIGHTS, "dataset": data, **accuracy}
     out = Path(cfg.OUTPUT_DIR)
     paths = write_report(stats, out, setup.classes, plot_blocks, plot_classes, run)
-    print(f"\nExcitations of {cfg.MODEL.ARCH} ({len(blocks)} SE blocks) over {stats.num_images} images of "
-          f"{cfg.DATA.DATASET} (top-1 {accuracy['top1']:.2f}%):")  # fmt: skip
+    top1 = f"top-1 {accuracy['top1']:.2f}%" if "top1" in accuracy else f"{len(setup.classes)} folder classes"
+    print(f"\nExcitations of {cfg.MODEL.ARCH} ({len(blocks)} SE blocks) over {stats.num_images} images of {data} "
+          f"({top1}):")  # fmt: skip
     print(stage_table(stats))
     print("class spread: std over classes of the class-mean gate (0 = class-agnostic); within-class std: over the "
           "images of a class; averaged over channels and blocks")  # fmt: skip
@@ -158,10 +167,23 @@ def parse_stage_sets(values: Sequence[str]) -> list[tuple[int, ...]]:
     return sets
 
 
-def ablate_se(cfg: CfgNode, off: Sequence[tuple[int, ...]], max_images: int = 0) -> dict[str, Any]:
+def _data_name(cfg: CfgNode, image_folder: str) -> str:
+    return f"{image_folder} (image folder)" if image_folder else cfg.DATA.DATASET
+
+
+def ablate_se(
+    cfg: CfgNode, off: Sequence[tuple[int, ...]], max_images: int = 0, image_folder: str = ""
+) -> dict[str, Any]:
     """Accuracy with every SE block, then with the SE blocks of each stage set in ``off`` switched off (gate = 1);
     default: each stage alone, then all of them. Rank 0 prints the table and writes ablation.json."""
-    cfg, setup = eval_setup(cfg)
+    cfg, setup = eval_setup(cfg, image_folder)
+    if not setup.scored:
+        n = setup.model.fc.out_features
+        raise ConfigError(
+            f"--image-folder {image_folder} has {len(setup.classes)} class folders for a model of {n} outputs: "
+            "accuracy needs one folder per output class, in the model's order (sorted names, as ImageNet's synset "
+            "folders are)"
+        )
     stages = sorted({b.stage for b in se_blocks(setup.model).values()})
     settings = list(off) or [(s,) for s in stages] + ([tuple(stages)] if len(stages) > 1 else [])
     for s in settings:  # every setting is checked before the first pass
@@ -181,10 +203,11 @@ def ablate_se(cfg: CfgNode, off: Sequence[tuple[int, ...]], max_images: int = 0)
         r["delta_top1"], r["delta_top5"] = r["top1"] - base["top1"], r["top5"] - base["top5"]
         cells.append([name, str(len(r["blocks_off"])), f"{r['top1']:.2f}", f"{r['top5']:.2f}",
                       f"{r['delta_top1']:+.2f}", f"{r['delta_top5']:+.2f}"])  # fmt: skip
-    print(f"\n{cfg.MODEL.ARCH} on {cfg.DATA.DATASET} ({base['num_images']} images): SE blocks switched off (gate = 1)")
+    data = _data_name(cfg, image_folder)
+    print(f"\n{cfg.MODEL.ARCH} on {data} ({base['num_images']} images): SE blocks switched off (gate = 1)")
     print(format_table(["SE off in", "blocks", "top-1 (%)", "top-5 (%)", "change top-1", "change top-5"], cells,
                        align="lrrrrr"))  # fmt: skip
-    doc = {"model": cfg.MODEL.ARCH, "weights": cfg.MODEL.WEIGHTS, "dataset": cfg.DATA.DATASET, "rows": rows}
+    doc = {"model": cfg.MODEL.ARCH, "weights": cfg.MODEL.WEIGHTS, "dataset": data, "rows": rows}
     path = atomic_write_text(Path(cfg.OUTPUT_DIR) / "ablation.json", json.dumps(doc, indent=1) + "\n")
     print(f"wrote {path}")
     return doc

@@ -28,6 +28,7 @@ class EvalSetup(NamedTuple):
     batch_size: int  # of this rank
     classes: list[str]
     amp: torch.dtype | None  # the autocast dtype evaluation runs in
+    scored: bool = True  # whether the labels are the model's output classes (else accuracy means nothing)
 
 
 def build_classifier(cfg: CfgNode, num_classes: int) -> nn.Module:

@@ -17,7 +17,14 @@ def _parser(prog: str, folder: str, description: str, epilog: str) -> argparse.A
     p = argparse.ArgumentParser(
         prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--config-file", required=True, metavar="FILE", help="the training config (CIFAR or Places365)")
+    p.add_argument("--config-file", default="", metavar="FILE", help="the training config (CIFAR or Places365)")
+    p.add_argument(
+        "--image-folder",
+        default="",
+        metavar="DIR",
+        help="read DIR/<class>/<image> instead of the config's split (e.g. ImageNet val in synset folders, with "
+        "MODEL.ARCH and MODEL.WEIGHTS of an ImageNet-family model; --config-file is then optional)",
+    )
     p.add_argument("--max-images", type=int, default=0, metavar="N", help="read at most N images (default: all)")
     p.add_argument(
         "--output", default=None, metavar="DIR", help=f"where results go (default: the config's OUTPUT_DIR/{folder})"
@@ -38,11 +45,13 @@ def _load(args: argparse.Namespace, folder: str):  # noqa: ANN202 - a CfgNode
 
     if args.max_images < 0:
         raise ConfigError(f"--max-images must be >= 0, got {args.max_images}")
-    cfg = load_config(args.config_file, args.opts)
+    if not args.config_file and not args.image_folder:
+        raise ConfigError("--config-file is required (the trained model's config), or --image-folder with MODEL.ARCH")
+    cfg = load_config(args.config_file or None, args.opts)
     if not cfg.MODEL.WEIGHTS:
         raise ConfigError("MODEL.WEIGHTS is required: the trained checkpoint to read (e.g. OUTPUT_DIR/model_final.pth)")
     out = args.output or str(Path(cfg.OUTPUT_DIR) / folder)
-    return load_config(args.config_file, [*args.opts, "OUTPUT_DIR", out])
+    return load_config(args.config_file or None, [*args.opts, "OUTPUT_DIR", out])
 
 
 def analyze_excitation_main(argv: Sequence[str] | None = None) -> int:
@@ -55,8 +64,10 @@ def analyze_excitation_main(argv: Sequence[str] | None = None) -> int:
         "specific (class spread) and how saturated (> 0.99, < 0.01) the gates are. Writes excitation_stats.npz and\n"
         ".json, excitation_<block>.png per plotted block (the paper's Fig. 6) and excitation_depth.png, and prints\n"
         "a per-stage table. " + _LAUNCH_HELP,
-        "example:\n  python tools/analyze_excitation.py --config-file configs/quick/cifar10_demo.yaml \\\n"
-        "      MODEL.WEIGHTS output/cifar10_demo/model_final.pth --max-images 2000",
+        "examples:\n  python tools/analyze_excitation.py --config-file configs/quick/cifar10_demo.yaml \\\n"
+        "      MODEL.WEIGHTS output/cifar10_demo/model_final.pth --max-images 2000\n"
+        "  python tools/analyze_excitation.py --image-folder /data/imagenet/val MODEL.ARCH se_resnet50 \\\n"
+        "      MODEL.WEIGHTS /weights/se_resnet50-ce0d4300.pth MODEL.DEVICE cuda --classes n01443537 n02110958",
     )
     p.add_argument("--blocks", nargs="+", default=(), metavar="SE_S_B",
                    help="blocks to plot, e.g. SE_2_3 SE_4_6 (default: the last of each stage, first/middle/last of "
@@ -71,7 +82,7 @@ def analyze_excitation_main(argv: Sequence[str] | None = None) -> int:
     except expected_errors() as e:
         report_error(e)
         return 2
-    options = AnalysisOptions(tuple(args.blocks), tuple(args.classes), args.max_images)
+    options = AnalysisOptions(tuple(args.blocks), tuple(args.classes), args.max_images, args.image_folder)
     return launch_run(cfg, args, analyze_excitation, (cfg, options))
 
 
@@ -100,4 +111,4 @@ def ablate_se_main(argv: Sequence[str] | None = None) -> int:
     except expected_errors() as e:
         report_error(e)
         return 2
-    return launch_run(cfg, args, ablate_se, (cfg, off, args.max_images))
+    return launch_run(cfg, args, ablate_se, (cfg, off, args.max_images, args.image_folder))

@@ -161,3 +161,53 @@ def test_places365_checkpoint(tmp_path, capsys):
 
     assert analyze_excitation_main([*common, *weights, "TEST.TEN_CROP", "True"]) == 2  # one crop per image only
     assert "TEST.TEN_CROP" in capsys.readouterr().err
+
+
+def test_an_image_folder_read_by_an_imagenet_family_model(tmp_path, capsys):
+    from PIL import Image
+
+    from se_transfer.classification.model import attach_input_normalization
+    from se_transfer.data.decode import read_rgb_image
+    from se_transfer.data.transforms import ClassificationTransform
+    from tests.helpers import randomize_batchnorm
+
+    folder = tmp_path / "val"
+    rng = np.random.default_rng(0)
+    for cls in ("n0001", "n0002", "n0003"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / cls / f"{i}.jpg")
+    src = create_model("se_resnet18", num_classes=3)
+    randomize_batchnorm(src)
+    weights = save_weights(src, tmp_path / "se_resnet18_3.pth")
+    argv = ["--image-folder", str(folder), "MODEL.ARCH", "se_resnet18", "MODEL.WEIGHTS", str(weights),
+            "MODEL.DEVICE", "cpu", "INPUT.CROP_SIZE", "32", "INPUT.RESIZE", "36", "DATALOADER.NUM_WORKERS", "0",
+            "TEST.IMS_PER_BATCH", "4", "OUTPUT_DIR", str(tmp_path / "out")]  # fmt: skip
+    assert analyze_excitation_main([*argv, "--classes", "n0002"]) == 0
+    doc = json.loads((tmp_path / "out" / "excitation" / "excitation_stats.json").read_text())
+    assert doc["num_images"] == 6 and doc["plotted_classes"] == ["n0002"]
+
+    # top-1 as computed here: the same decode, resize + centre crop and the weights' input normalisation
+    model = attach_input_normalization(create_model("se_resnet18", num_classes=3, pretrained=weights)).eval()
+    transform = ClassificationTransform(False, size=32, resize=36, mean=(0, 0, 0), std=(1, 1, 1))
+    paths = sorted(folder.glob("*/*.jpg"))
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.stack([transform(read_rgb_image(p)) for p in paths]))
+    labels = torch.tensor([int(p.parent.name[-1]) - 1 for p in paths])
+    assert doc["top1"] == pytest.approx(100.0 * (logits.argmax(1) == labels).float().mean().item())
+    assert ablate_se_main(argv) == 0
+
+    # two folders for a 3-class model: statistics per folder, no accuracy, and no ablation
+    (folder / "n0003" / "0.jpg").unlink()
+    (folder / "n0003" / "1.jpg").unlink()
+    (folder / "n0003").rmdir()
+    assert analyze_excitation_main(argv) == 0
+    doc = json.loads((tmp_path / "out" / "excitation" / "excitation_stats.json").read_text())
+    assert "top1" not in doc and doc["num_images"] == 4 and "2 folder classes" in capsys.readouterr().out
+    assert ablate_se_main(argv) == 2
+    assert "has 2 class folders for a model of 3 outputs" in capsys.readouterr().err
+    argv[1] = str(tmp_path / "nowhere")
+    assert analyze_excitation_main(argv) == 2
+    assert "--image-folder" in capsys.readouterr().err

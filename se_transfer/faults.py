@@ -63,7 +63,8 @@ def _start(argv: Sequence[str], resume: bool) -> subprocess.Popen:
 def _finish(proc: subprocess.Popen, what: str) -> None:
     _, err = proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {err.strip().splitlines()[-1:]}")
+        # a ChildProcessError is an OSError: the command wrapper reports it as one error line, exit status 2
+        raise ChildProcessError(f"{what} failed (exit {proc.returncode}): {err.strip().splitlines()[-1:]}")
 
 
 def _max_abs_diff(a: Path, b: Path) -> float:
@@ -136,12 +137,8 @@ def fault_inject_command(args: Any) -> int:
     rng = random.Random(args.seed)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="se_transfer_faults_"))
     results = []
-    try:
-        for task in args.tasks:
-            results.append(run_task(task, args.trials, work / "runs", rng))
-    except (RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for task in args.tasks:
+        results.append(run_task(task, args.trials, work / "runs", rng))
     print(f"\n{'task':<10} {'trials':>6} {'kills':>6} {'failures':>8} {'max abs diff':>13}")
     for r in results:
         print(f"{r['task']:<10} {r['trials']:>6} {r['kills']:>6} {r['failures']:>8} {r['max_abs_diff']:>13.3g}")

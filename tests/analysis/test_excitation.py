@@ -203,3 +203,20 @@ def test_statistics_of_the_fused_cuda_kernels_equal_the_textbook_ones():
     for name in results["eager"].blocks:
         torch.testing.assert_close(results["triton"].class_mean(name), results["eager"].class_mean(name), atol=1e-5,
                                    rtol=1e-4)  # fmt: skip
+
+
+def test_nosqueeze_gates_count_as_their_spatial_mean():
+    model = _tiny_resnet(se_no_squeeze=True, se_stages=(4,))
+    x = torch.randn(4, 3, 64, 64)
+    captured = {}
+    model.layer3[1].bn3.register_forward_hook(lambda m, a, out: captured.__setitem__("u", out.detach().double()))
+    stats = ExcitationStats(se_blocks(model), 3)
+    with torch.no_grad(), ExcitationRecorder(model) as rec:
+        model(x)
+        stats.add(rec.pop(), torch.tensor([0, 1, 2, 0]))
+    se = model.layer3[1].se
+    w1, b1, w2, b2 = (p.detach().double() for p in se.parameters())
+    u = captured["u"].permute(0, 2, 3, 1)  # N x H x W x C: the two 1x1 convolutions act on every position
+    s = torch.sigmoid(torch.relu(u @ w1.flatten(1).t() + b1) @ w2.flatten(1).t() + b2).mean((1, 2))
+    torch.testing.assert_close(stats.class_mean("SE_4_2")[0], (s[0] + s[3]) / 2, atol=2e-5, rtol=0)
+    torch.testing.assert_close(stats.class_mean("SE_4_2")[1], s[1], atol=2e-5, rtol=0)

@@ -169,3 +169,16 @@ def test_an_output_dir_that_cannot_be_made_names_the_key(tmp_path, capsys):
     assert train_main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: OUTPUT_DIR {out}") and err.count("\n") == 1, err
+
+
+def test_a_failed_fault_injection_run_is_one_error_line(monkeypatch, capsys):
+    from se_transfer import faults
+    from se_transfer.cli import fault_inject_main
+
+    def failing(task, trials, work, rng):
+        code = "import sys; print('traceback...', file=sys.stderr); print('boom', file=sys.stderr); sys.exit(3)"
+        faults._finish(subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True), "cifar: run")
+
+    monkeypatch.setattr(faults, "run_task", failing)
+    assert fault_inject_main(["--tasks", "cifar", "--trials", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: cifar: run failed (exit 3): ['boom']"

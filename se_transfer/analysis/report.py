@@ -7,8 +7,8 @@
   (``ExcitationStats.summary``), and for the plotted blocks the mean gate of every channel for "all" and for each
   plotted class; per stage the same numbers averaged;
 * ``excitation_<block>.png`` for each plotted block, in the style of the paper's Fig. 6 (channel index against mean
-  excitation, one line per class and one for all images), and ``excitation_depth.png``: class spread and saturation
-  of every block along the network.
+  excitation, one line per class and one for all images), ``excitation_blocks.png`` with all of them in one panel,
+  and ``excitation_depth.png``: class spread and saturation of every block along the network.
 """
 
 from __future__ import annotations
@@ -125,30 +125,51 @@ def plot_report(
     plot_classes: list[int],
     title: str = "",
 ) -> list[Path]:
-    """One Fig.-6-style PNG per plotted block and the depth summary."""
+    """One Fig.-6-style PNG per plotted block, all of them in one panel (``excitation_blocks.png``, as the paper's
+    figure), and the depth summary."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
-    colours = plt.get_cmap("tab10")
     for name in plot_blocks:
         fig, ax = plt.subplots(figsize=(7, 3.2))
-        channels = np.arange(stats.blocks[name].channels)
-        means = stats.class_mean(name).cpu().numpy()
-        for i, k in enumerate(plot_classes):
-            ax.plot(channels, means[k], lw=0.9, color=colours(i % 10), label=class_names[k])
-        ax.plot(channels, stats.overall(name)[0].cpu().numpy(), lw=1.4, color="black", label="all")
-        ax.set(xlabel="channel index", ylabel="mean excitation", title=f"{title} {name}".strip(), ylim=(-0.02, 1.02))
-        if means.size and (means.min() < 0 or means.max() > 1):  # tanh / relu gates are not in [0, 1]
-            ax.autoscale(axis="y")
-        ax.set_xlim(0, max(1, len(channels) - 1))
-        ax.legend(fontsize=7, ncol=min(6, len(plot_classes) + 1), loc="lower left", frameon=False)
+        _draw_block(ax, stats, name, class_names, plot_classes, plt)
+        ax.set_title(f"{title} {name}".strip())
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # beside the lines
         fig.tight_layout()
         paths.append(_save(fig, out / f"excitation_{name}.png", plt))
+    if plot_blocks:
+        cols = min(3, len(plot_blocks))
+        rows = -(-len(plot_blocks) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows + 0.6), squeeze=False)
+        for ax, name in zip(axes.flat, plot_blocks):
+            _draw_block(ax, stats, name, class_names, plot_classes, plt)
+            ax.set_title(name, fontsize=9)
+        for ax in list(axes.flat)[len(plot_blocks) :]:
+            ax.set_visible(False)
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=8, frameon=False)
+        fig.suptitle(f"{title} mean excitation per channel".strip(), fontsize=10)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        paths.append(_save(fig, out / "excitation_blocks.png", plt))
     paths.append(_plot_depth(stats, out / "excitation_depth.png", title, plt))
     return paths
+
+
+def _draw_block(ax: Any, stats: ExcitationStats, name: str, class_names: list[str], classes: list[int], plt: Any):
+    """One block's mean excitation per channel: a line per class in ``classes`` and a black one for all images."""
+    colours = plt.get_cmap("tab10")
+    channels = np.arange(stats.blocks[name].channels)
+    means = stats.class_mean(name).cpu().numpy()
+    for i, k in enumerate(classes):
+        ax.plot(channels, means[k], lw=0.9, color=colours(i % 10), label=class_names[k])
+    ax.plot(channels, stats.overall(name)[0].cpu().numpy(), lw=1.4, color="black", label="all")
+    ax.set(xlabel="channel index", ylabel="mean excitation", ylim=(-0.02, 1.02))
+    if np.isfinite(means).any() and (np.nanmin(means) < 0 or np.nanmax(means) > 1):  # tanh / relu gates
+        ax.autoscale(axis="y")
+    ax.set_xlim(0, max(1, len(channels) - 1))
 
 
 def _plot_depth(stats: ExcitationStats, path: Path, title: str, plt: Any) -> Path:
@@ -171,6 +192,6 @@ def _plot_depth(stats: ExcitationStats, path: Path, title: str, plt: Any) -> Pat
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
     return path

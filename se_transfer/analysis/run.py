@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from ..io import atomic_write_text
 from ..tasks import TASK_REGISTRY, task_name
 from .excitation import ExcitationRecorder, ExcitationStats, pick_blocks, se_blocks, se_switched_off
 from .report import stage_table, write_report
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

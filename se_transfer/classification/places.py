@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import CfgNode, ConfigError, config_key
-from ..data.build import build_classification_loader, per_rank_batch, resumable_batches
+from ..data.build import build_classification_loader, per_rank_batch, resumable_batches, workers_stopped_after
 from ..data.demo import write_fake_places365
 from ..data.places365 import Places365
 from ..data.samplers import InferenceBatchSampler
@@ -217,7 +217,8 @@ def run(
     def eval_fn() -> dict[str, float]:
         return evaluate(model, val_loader, val_set, device, cfg.OUTPUT_DIR)
 
-    results = train_classifier(cfg, model, batches, eval_fn, device, len(train_loader), resume)
+    with workers_stopped_after(train_loader):
+        results = train_classifier(cfg, model, batches, eval_fn, device, len(train_loader), resume)
     if is_main_process():
         _print_summary(cfg, results, paper, eval_only=False)
     return results

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import CfgNode, ConfigError, config_key
-from ..data.build import build_detection_loader, per_rank_batch, resumable_batches
+from ..data.build import build_detection_loader, per_rank_batch, resumable_batches, workers_stopped_after
 from ..data.catalog import resolve_coco_datasets
 from ..data.coco import CocoDetection
 from ..data.demo import write_demo_coco
@@ -152,7 +152,8 @@ def run(
                 "weights only, or none), so randomly initialised RPN and box heads would be evaluated; pass a "
                 "detector checkpoint (OUTPUT_DIR/model_final.pth of a training run)"
             )
-        results = evaluate_only(cfg.OUTPUT_DIR, lambda: evaluate(model, test_loader, evaluator, device))
+        with workers_stopped_after(test_loader):
+            results = evaluate_only(cfg.OUTPUT_DIR, lambda: evaluate(model, test_loader, evaluator, device))
         _print_summary(cfg, test_set, results, paper, eval_only=True)
         return results
 
@@ -191,7 +192,8 @@ def run(
         is_head=lambda name: not name.startswith("backbone.body."),
     )
     schedule = Schedule(cfg.SOLVER.MAX_ITER, cfg.SOLVER.MAX_ITER, list(cfg.SOLVER.STEPS), ipe)
-    _, results = run_training(cfg, model, task, schedule, device, resume)
+    with workers_stopped_after(train_loader, test_loader):
+        _, results = run_training(cfg, model, task, schedule, device, resume)
     _print_summary(cfg, test_set, results, paper, eval_only=False)
     return results
 

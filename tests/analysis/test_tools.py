@@ -65,7 +65,7 @@ def test_analysis_writes_stats_plots_and_table(cifar_run, tmp_path, capsys):
     block = doc["blocks"]["SE_4_1"]
     assert block["class_spread"] == pytest.approx(mean.std(0).mean(), abs=1e-6)
 
-    for name in [*doc["plotted_blocks"], "depth"]:
+    for name in [*doc["plotted_blocks"], "blocks", "depth"]:
         assert (out / f"excitation_{name}.png").read_bytes()[:8] == PNG
     assert (out / "config.yaml").is_file()
 

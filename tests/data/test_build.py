@@ -50,3 +50,27 @@ def test_cifar_batches_resume_at_any_iteration(tmp_path):
         assert [next(resumed)[1].tolist() for _ in range(5 - start)] == expected[start:]
     with pytest.raises(ValueError, match="start_iter must be >= 0"):
         next(resumable_batches(loader(), -1))
+
+
+def test_workers_stopped_after_ends_persistent_workers_at_once():
+    import time
+
+    from se_transfer.data.build import build_classification_loader, workers_stopped_after
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 8, 8), i % 2
+
+    loader = build_classification_loader(Images(), 4, True, num_workers=2, seed=0)
+    with workers_stopped_after(loader):
+        batches = resumable_batches(loader, 0)
+        for _ in range(3):  # mid-epoch, as a run that ends at MAX_ITER: the workers are still prefetching
+            next(batches)
+        workers = list(loader._iterator._workers)
+        assert all(w.is_alive() for w in workers)
+        start = time.perf_counter()
+    assert time.perf_counter() - start < 4  # a worker waited for would take 5 s
+    assert not any(w.is_alive() for w in workers) and loader._iterator is None

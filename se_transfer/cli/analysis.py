@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import expected_errors, report_error
 from .train import launch_run, parse_train_args
 
-_LAUNCH_HELP = "Several processes (--num-gpus N, or torchrun) split the split between them; rank 0 writes."
+_LAUNCH_HELP = "Several processes (--num-gpus N, or torchrun) share the images; rank 0 writes."
 
 
 def _parser(prog: str, folder: str, description: str, epilog: str) -> argparse.ArgumentParser:
@@ -62,8 +62,8 @@ def analyze_excitation_main(argv: Sequence[str] | None = None) -> int:
         "Run a trained SE classifier over its evaluation split (CIFAR test, Places365 val) and collect every SE\n"
         "block's gates per image: per block and class the mean and std of each channel's excitation, how class-\n"
         "specific (class spread) and how saturated (> 0.99, < 0.01) the gates are. Writes excitation_stats.npz and\n"
-        ".json, excitation_<block>.png per plotted block (the paper's Fig. 6) and excitation_depth.png, and prints\n"
-        "a per-stage table. " + _LAUNCH_HELP,
+        ".json, excitation_<block>.png per plotted block and excitation_blocks.png with them all (the paper's\n"
+        "Fig. 6), excitation_depth.png along the network, and prints a per-stage table.\n" + _LAUNCH_HELP,
         "examples:\n  python tools/analyze_excitation.py --config-file configs/quick/cifar10_demo.yaml \\\n"
         "      MODEL.WEIGHTS output/cifar10_demo/model_final.pth --max-images 2000\n"
         "  python tools/analyze_excitation.py --image-folder /data/imagenet/val MODEL.ARCH se_resnet50 \\\n"
@@ -95,7 +95,7 @@ def ablate_se_main(argv: Sequence[str] | None = None) -> int:
         "inference (gate = 1: the block passes its input through, as a network built without SE there would), and\n"
         "print the accuracy change: the paper's section 7 stage-5 removal on your own model. Writes ablation.json.\n"
         "Stages are numbered as in the paper: 2..5 for ImageNet-family ResNets (conv2_x..conv5_x), 2..4 for the\n"
-        "CIFAR networks. " + _LAUNCH_HELP,
+        "CIFAR networks.\n" + _LAUNCH_HELP,
         "example:\n  python tools/ablate_se.py --config-file configs/quick/cifar10_demo.yaml \\\n"
         "      MODEL.WEIGHTS output/cifar10_demo/model_final.pth --off 4 3,4",
     )

@@ -223,18 +223,23 @@ class _GateOne(SEModule):
         return None
 
 
-@contextlib.contextmanager
-def se_switched_off(model: nn.Module, stages: Iterable[int]) -> Iterator[list[str]]:
-    """Inside the block, every SE block of ``stages`` (2, 3, ...) passes its input through unchanged (gate = 1), as
-    if that stage had been built without SE; yields the blocks switched off. Parameters are untouched and the
-    blocks come back on exit."""
+def blocks_of_stages(model: nn.Module, stages: Iterable[int]) -> list[tuple[str, SEModule]]:
+    """(name, module) of every SE block in ``stages``; an error names a stage without SE blocks."""
     stages = set(stages)
     blocks = se_blocks(model)
     present = {b.stage for b in blocks.values()}
     if not stages <= present:
         raise ValueError(f"no SE blocks in stage(s) {sorted(stages - present)}; this model has SE in {sorted(present)}")
     modules = dict(model.named_modules())
-    off = [(b.name, modules[b.module_name]) for b in blocks.values() if b.stage in stages]
+    return [(b.name, modules[b.module_name]) for b in blocks.values() if b.stage in stages]
+
+
+@contextlib.contextmanager
+def se_switched_off(model: nn.Module, stages: Iterable[int]) -> Iterator[list[str]]:
+    """Inside the block, every SE block of ``stages`` (2, 3, ...) passes its input through unchanged (gate = 1), as
+    if that stage had been built without SE; yields the blocks switched off. Parameters are untouched and the
+    blocks come back on exit."""
+    off = blocks_of_stages(model, stages)
     classes = [m.__class__ for _, m in off]
     for _, m in off:
         m.__class__ = _GateOne

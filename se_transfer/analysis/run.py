@@ -13,16 +13,22 @@ from typing import Any
 
 import torch
 
-from ..classification.metrics import accuracy_results, topk_hits
+from ..classification.metrics import TopkCounts
 from ..classification.model import EvalSetup
 from ..config import CfgNode, ConfigError
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.amp import autocast
-from ..engine.distributed import all_reduce_sum
 from ..engine.events import format_table, progress
 from ..io import atomic_write_text
 from ..tasks import TASK_REGISTRY, task_name
-from .excitation import ExcitationRecorder, ExcitationStats, pick_blocks, se_blocks, se_switched_off
+from .excitation import (
+    ExcitationRecorder,
+    ExcitationStats,
+    blocks_of_stages,
+    pick_blocks,
+    se_blocks,
+    se_switched_off,
+)
 from .report import stage_table, write_report
 
 
@@ -74,7 +80,7 @@ def evaluate(
     """Top-1/top-5 of ``setup.model`` over the split (at most ``max_images``), summed over processes (only the
     number of images when the labels are not the model's classes: ``setup.scored``); calls
     ``after_forward(labels)`` after each batch's forward."""
-    counts = None
+    counts = TopkCounts()
     total = setup.num_batches
     if max_images:
         total = min(total, math.ceil(math.ceil(max_images / get_world_size()) / setup.batch_size))
@@ -83,27 +89,19 @@ def evaluate(
             logits = setup.model(images)
         if after_forward is not None:
             after_forward(labels)
-        hit1, hit5 = topk_hits(logits, labels)
-        batch = torch.stack([hit1.sum(), hit5.sum(), torch.tensor(len(labels), device=hit1.device)]).double()
-        counts = batch if counts is None else counts + batch
-    if counts is None:
-        counts = torch.zeros(3, dtype=torch.float64, device=_device(setup))
-    top1, top5, n = (float(c) for c in all_reduce_sum(counts))
-    if n == 0:
-        raise ValueError("the evaluation split holds no images")
-    return accuracy_results(top1, top5, int(n)) if setup.scored else {"num_images": int(n)}
+        counts.add(logits, labels)
+    if not setup.scored:
+        return {"num_images": counts.totals(_device(setup))[2]}
+    return counts.results(_device(setup))
 
 
 def _device(setup: EvalSetup) -> torch.device:
     return next(setup.model.parameters()).device
 
 
-def pick_classes(names: Sequence[str], wanted: Sequence[str], counts: torch.Tensor, default: int = 4) -> list[int]:
-    """Class indices for the plots: ``wanted`` (a name, its last path part such as 'airfield' for '/a/airfield',
-    or an index), or the ``default`` classes with the most images (ties: lower index), in index order."""
-    if not wanted:
-        order = sorted(range(len(names)), key=lambda k: (-float(counts[k]), k))
-        return sorted(k for k in order[:default] if counts[k] > 0)
+def class_indices(names: Sequence[str], wanted: Sequence[str]) -> list[int]:
+    """The classes ``wanted`` (a name, its last path part such as 'airfield' for '/a/airfield', or an index), as
+    indices in the order asked; an error names the first unknown one."""
     short = {}
     for k, n in enumerate(names):
         short.setdefault(n.strip("/").split("/", 1)[-1] if n.startswith("/") else n, k)
@@ -121,20 +119,25 @@ def pick_classes(names: Sequence[str], wanted: Sequence[str], counts: torch.Tens
     return list(dict.fromkeys(picked))
 
 
+def most_frequent(counts: torch.Tensor, n: int = 4) -> list[int]:
+    """The ``n`` classes with the most images (ties: lower index; none without images), in index order."""
+    order = sorted(range(len(counts)), key=lambda k: (-float(counts[k]), k))
+    return sorted(k for k in order[:n] if counts[k] > 0)
+
+
 def analyze_excitation(cfg: CfgNode, options: AnalysisOptions) -> dict[str, Any]:
     """Collect every SE block's gates over the split, then (rank 0) write the report and print the stage table."""
     cfg, setup = eval_setup(cfg, options.image_folder)
     blocks = se_blocks(setup.model)
     plot_blocks = pick_blocks(blocks, options.blocks)
-    if options.classes:  # checked before the pass, not after it
-        pick_classes(setup.classes, options.classes, torch.ones(len(setup.classes)))
+    asked = class_indices(setup.classes, options.classes)  # checked before the pass, not after it
     stats = ExcitationStats(blocks, len(setup.classes), _device(setup))
     with ExcitationRecorder(setup.model) as recorder:
         accuracy = evaluate(setup, options.max_images, "excitations", lambda labels: stats.add(recorder.pop(), labels))
     stats.all_reduce()
     if not is_main_process():
         return {}
-    plot_classes = pick_classes(setup.classes, options.classes, stats.counts)
+    plot_classes = asked or most_frequent(stats.counts)
     data = _data_name(cfg, options.image_folder)
     run = {"model": cfg.MODEL.ARCH, "weights": cfg.MODEL.WEIGHTS, "dataset": data, **accuracy}
     out = Path(cfg.OUTPUT_DIR)
@@ -184,8 +187,7 @@ def ablate_se(
     stages = sorted({b.stage for b in se_blocks(setup.model).values()})
     settings = list(off) or [(s,) for s in stages] + ([tuple(stages)] if len(stages) > 1 else [])
     for s in settings:  # every setting is checked before the first pass
-        with se_switched_off(setup.model, s):
-            pass
+        blocks_of_stages(setup.model, s)
     rows = [{"off": [], "blocks_off": [], **evaluate(setup, max_images, "all SE on")}]
     for s in settings:
         label = "SE off in stage " + ",".join(map(str, s))

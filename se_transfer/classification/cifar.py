@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from pathlib import Path
@@ -16,12 +17,12 @@ from ..data.cifar import CIFAR_MEAN, CIFAR_STD, CifarData, CifarInput, CifarLoad
 from ..data.demo import write_fake_cifar
 from ..engine import default_setup, get_rank, get_world_size, is_main_process
 from ..engine.amp import amp_dtype, autocast
-from ..engine.distributed import all_reduce_sum, synchronize
+from ..engine.distributed import synchronize
 from ..engine.events import progress
 from ..engine.runner import evaluate_only
 from ..engine.summary import print_summary, summary_rows
-from .metrics import accuracy_results, accuracy_rows, topk_hits
-from .model import EvalSetup, build_classifier, check_trained_head, train_classifier
+from .metrics import TopkCounts, accuracy_rows
+from .model import EvalSetup, build_classifier, check_trained_head, train_classifier, trained_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +78,13 @@ def evaluate(model: nn.Module, loader: CifarLoader, dtype: torch.dtype | None = 
     """Top-1 / top-5 accuracy and error (%) over the whole loader, summed over all processes."""
     was_training = model.training
     model.eval()
-    counts = None
+    counts = TopkCounts()
     for images, labels in progress(loader.epoch_iter(0), total=len(loader), desc="evaluating"):
         with autocast(images.device.type, dtype):
             logits = model(images)
-        hit1, hit5 = topk_hits(logits, labels)
-        batch = torch.stack([hit1.sum(), hit5.sum(), torch.tensor(len(labels), device=hit1.device)])
-        counts = batch if counts is None else counts + batch
+        counts.add(logits, labels)
     model.train(was_training)
-    counts = all_reduce_sum(counts.double())
-    top1, top5, total = (float(c) for c in counts)
-    return accuracy_results(top1, top5, int(total))
+    return counts.results(loader.device)
 
 
 def run(
@@ -126,14 +123,10 @@ def run(
 def eval_setup(cfg: CfgNode, device: torch.device) -> EvalSetup:
     """The trained model of MODEL.WEIGHTS and this rank's share of the test split (after ``default_setup``)."""
     (test_set,) = load_data(cfg, ("test",))
-    with config_key("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
-        model = build_classifier(cfg, test_set.num_classes).to(device)
-    check_trained_head(cfg, model)
-    if cfg.MODEL.CHANNELS_LAST:
-        model = model.to(memory_format=torch.channels_last)
+    model = trained_classifier(cfg, test_set.num_classes, device, normalize_input=False)
     loader = _loader(cfg, test_set, False, device)
-    batches = lambda: loader.epoch_iter(0)  # noqa: E731
-    return EvalSetup(model.eval(), batches, len(loader), loader.batch_size, test_set.classes, amp_dtype(cfg.SOLVER.AMP))
+    batches = functools.partial(loader.epoch_iter, 0)
+    return EvalSetup(model, batches, len(loader), loader.batch_size, test_set.classes, amp_dtype(cfg.SOLVER.AMP))
 
 
 def _print_summary(cfg: CfgNode, results: dict[str, Any], eval_only: bool) -> None:

@@ -10,6 +10,7 @@ its standard class order), and only then is accuracy reported.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from ..data.samplers import InferenceBatchSampler
 from ..data.transforms import ClassificationTransform
 from ..engine import get_rank, get_world_size
 from ..models.weights import inspect_weights
-from .model import EvalSetup, attach_input_normalization, build_classifier, check_trained_head
+from .model import EvalSetup, on_device, trained_classifier
 
 
 def load_image_folder(folder: str | Path, cfg: CfgNode):  # noqa: ANN201 - a torchvision ImageFolder
@@ -47,19 +48,13 @@ def eval_setup(cfg: CfgNode, device: torch.device, folder: str | Path) -> EvalSe
     dataset = load_image_folder(folder, cfg)
     with config_key("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
         num_classes = cfg.MODEL.NUM_CLASSES or inspect_weights(cfg.MODEL.WEIGHTS).num_classes
-        model = attach_input_normalization(build_classifier(cfg, num_classes)).to(device)
-    check_trained_head(cfg, model)
-    if cfg.MODEL.CHANNELS_LAST:
-        model = model.to(memory_format=torch.channels_last)
+    model = trained_classifier(cfg, num_classes, device, normalize_input=True)
     world = get_world_size()
     sampler = InferenceBatchSampler(
         len(dataset), per_rank_batch("TEST.IMS_PER_BATCH", cfg.TEST.IMS_PER_BATCH, world), get_rank(), world
     )
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS)
 
-    def batches():  # noqa: ANN202 - a generator of (images, labels)
-        for images, labels in loader:
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-
     scored = len(dataset.classes) == num_classes
-    return EvalSetup(model.eval(), batches, len(loader), sampler.batch_size, dataset.classes, None, scored)
+    batches = functools.partial(on_device, loader, device)
+    return EvalSetup(model, batches, len(loader), sampler.batch_size, dataset.classes, None, scored)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from ..config import CfgNode, ConfigError
+from ..config import CfgNode, ConfigError, config_key
 from ..engine.runner import CheckpointContent, TrainingTask, run_training, schedule_from_cfg
 from ..models import create_model
 from ..models.info import model_info, normalize_input
@@ -45,6 +45,27 @@ def build_classifier(cfg: CfgNode, num_classes: int) -> nn.Module:
     return create_model(
         cfg.MODEL.ARCH, num_classes=n, pretrained=cfg.MODEL.WEIGHTS or None, se_impl=cfg.MODEL.SE_IMPL, **kwargs
     )
+
+
+def trained_classifier(cfg: CfgNode, num_classes: int, device: torch.device, normalize_input: bool) -> nn.Module:
+    """The classifier of MODEL.WEIGHTS for evaluation (the tools of ``se_transfer.analysis``): built, checked to hold a
+    trained head, on the device, in eval mode, channels_last if MODEL.CHANNELS_LAST; with ``normalize_input`` it
+    takes RGB in [0, 1] (``attach_input_normalization``)."""
+    with config_key("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
+        model = build_classifier(cfg, num_classes)
+    check_trained_head(cfg, model)
+    if normalize_input:
+        attach_input_normalization(model)
+    model = model.to(device)
+    if cfg.MODEL.CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+def on_device(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> Iterator[tuple]:
+    """(images, labels) batches moved to ``device``."""
+    for images, labels in pairs:
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
 def check_trained_head(cfg: CfgNode, model: nn.Module) -> None:

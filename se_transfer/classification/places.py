@@ -31,7 +31,9 @@ from .model import (
     attach_input_normalization,
     build_classifier,
     check_trained_head,
+    on_device,
     train_classifier,
+    trained_classifier,
 )
 
 logger = logging.getLogger(__name__)
@@ -230,18 +232,13 @@ def eval_setup(cfg: CfgNode, device: torch.device) -> EvalSetup:
     if cfg.TEST.TEN_CROP:
         raise ConfigError("TEST.TEN_CROP: this tool reads one centre crop per image; set TEST.TEN_CROP False")
     val_set = _datasets(cfg, train=False)
-    with config_key("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS):
-        model = attach_input_normalization(build_classifier(cfg, len(val_set.classes))).to(device)
-    check_trained_head(cfg, model)
-    if cfg.MODEL.CHANNELS_LAST:
-        model = model.to(memory_format=torch.channels_last)
+    model = trained_classifier(cfg, len(val_set.classes), device, normalize_input=True)
     loader = _eval_loader(cfg, val_set)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels, _ in loader:
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        return on_device(((images, labels) for images, labels, _ in loader), device)
 
-    return EvalSetup(model.eval(), batches, len(loader), loader.batch_sampler.batch_size, val_set.classes, None)
+    return EvalSetup(model, batches, len(loader), loader.batch_sampler.batch_size, val_set.classes, None)
 
 
 def _print_summary(cfg: CfgNode, results: dict[str, Any], paper: tuple[float, float] | None, eval_only: bool) -> None:

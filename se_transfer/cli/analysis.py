@@ -54,6 +54,18 @@ def _load(args: argparse.Namespace, folder: str):  # noqa: ANN202 - a CfgNode
     return load_config(args.config_file or None, [*args.opts, "OUTPUT_DIR", out])
 
 
+def _launch(args: argparse.Namespace, folder: str, job, job_args) -> int:  # noqa: ANN001 - a job and its arguments
+    """``job(cfg, *job_args())`` in every process of the launch, with the config of ``_load``; a bad config or
+    argument is one error line, exit status 2."""
+    try:
+        cfg = _load(args, folder)
+        rest = job_args()
+    except expected_errors() as e:
+        report_error(e)
+        return 2
+    return launch_run(cfg, args, job, (cfg, *rest))
+
+
 def analyze_excitation_main(argv: Sequence[str] | None = None) -> int:
     """tools/analyze_excitation.py: excitation statistics and Fig.-6-style plots of a trained SE classifier."""
     p = _parser(
@@ -77,13 +89,8 @@ def analyze_excitation_main(argv: Sequence[str] | None = None) -> int:
     args = parse_train_args(p, argv)
     from ..analysis.run import AnalysisOptions, analyze_excitation
 
-    try:
-        cfg = _load(args, "excitation")
-    except expected_errors() as e:
-        report_error(e)
-        return 2
     options = AnalysisOptions(tuple(args.blocks), tuple(args.classes), args.max_images, args.image_folder)
-    return launch_run(cfg, args, analyze_excitation, (cfg, options))
+    return _launch(args, "excitation", analyze_excitation, lambda: (options,))
 
 
 def ablate_se_main(argv: Sequence[str] | None = None) -> int:
@@ -105,10 +112,6 @@ def ablate_se_main(argv: Sequence[str] | None = None) -> int:
     args = parse_train_args(p, argv)
     from ..analysis.run import ablate_se, parse_stage_sets
 
-    try:
-        cfg = _load(args, "ablation")
-        off = parse_stage_sets(args.off)
-    except expected_errors() as e:
-        report_error(e)
-        return 2
-    return launch_run(cfg, args, ablate_se, (cfg, off, args.max_images, args.image_folder))
+    return _launch(
+        args, "ablation", ablate_se, lambda: (parse_stage_sets(args.off), args.max_images, args.image_folder)
+    )
